@@ -1,0 +1,51 @@
+# goodbot developer targets. Every target bootstraps .venv on first use.
+#   make run     serve the control plane with demo data (the main job, until the gateway lands)
+#   make check   format check, lint, mypy strict, import contracts, the full test suite
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= .goodbot
+
+.PHONY: run check test lint fmt types contracts bench clean system-deps
+
+$(PY):
+	@interp="$$(bash deploy/find-python.sh)" || exit 1; \
+	echo "creating $(VENV) with $$interp"; \
+	"$$interp" -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@bash deploy/system-deps.sh
+
+run: $(STAMP)
+	$(VENV)/bin/goodbot controlplane serve --demo --data-dir $(DATA_DIR)
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/pytest -q
+
+check: lint types contracts test
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Control plane HTTP API: one module per resource family, all under ``/api/v1``."""
