@@ -1,0 +1,1 @@
+"""goodbot agent: the loop that turns a message into tool calls, by rules or a model."""

@@ -1,0 +1,1 @@
+"""goodbot channels: verify each sender and translate its messages (Teams, Slack, email, CLI)."""

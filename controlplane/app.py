@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from controlplane import db
-from controlplane.api import tenancy
+from controlplane.api import devices, policies, tenancy
 from controlplane.http import Api, errors_middleware, json_response
 from controlplane.openapi import build_openapi
 from controlplane.ratelimit import RateLimiter
@@ -25,7 +25,7 @@ Worker = Callable[[ServiceState], AsyncIterator[None]]
 def build_api() -> Api:
     """Every route of the service."""
     api = Api()
-    for module in (tenancy,):
+    for module in (tenancy, devices, policies):
         api.include(module.api)
     return api
 

@@ -95,6 +95,8 @@ class ApiRequest:
     caller: Caller | None
     body: BaseModel | None
     query: BaseModel | None
+    raw: dict[str, Any] | None = None
+    """The request body's JSON exactly as sent (signatures cover it, not a re-serialization)."""
 
     @property
     def me(self) -> Caller:
@@ -207,7 +209,9 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return where, f"{where}: {err['msg']}"
 
 
-async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+async def _read_body(
+    request: web.Request, model: type[BaseModel]
+) -> tuple[BaseModel, dict[str, Any]]:
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError(
             f"send application/json, not {request.content_type!r}", field="Content-Type"
@@ -220,7 +224,7 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if not isinstance(data, dict):
         raise BadRequestError("body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), data
     except ValidationError as exc:
         where, message = _first_error(exc)
         raise UnprocessableError(message, field=where) from None
@@ -257,8 +261,8 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
         if route.query is None and request.query:
             unknown = next(iter(request.query))
             raise BadRequestError(f"unknown query parameter {unknown!r}", field=unknown)
-        body = await _read_body(request, route.body) if route.body else None
-        result = await route.handler(ApiRequest(request, state, caller, body, query))
+        body, raw = await _read_body(request, route.body) if route.body else (None, None)
+        result = await route.handler(ApiRequest(request, state, caller, body, query, raw))
         if isinstance(result, web.StreamResponse):
             return result
         if result is None:

@@ -1,0 +1,1 @@
+"""goodbot gateway: the composition root that hosts the channels and the command line."""

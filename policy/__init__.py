@@ -1,0 +1,1 @@
+"""goodbot policy: principal resolution, deny-by-default decisions, redaction, rate limits."""

@@ -1,0 +1,1 @@
+"""goodbot sessions: conversations, confirmations, conversation references and the audit chain."""

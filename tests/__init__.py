@@ -1,0 +1,1 @@
+"""goodbot test suite."""
