@@ -130,7 +130,9 @@ def permits(caller: Caller, action: str) -> Decision:
     for role in caller.roles:
         if action in ROLE_PERMISSIONS.get(role, frozenset()):
             return Decision(True, f"role {role} grants {action}", f"role:{role}")
-    return Decision(False, f"none of the roles {list(caller.roles)} grants {action}", "default:deny")
+    return Decision(
+        False, f"none of the roles {list(caller.roles)} grants {action}", "default:deny"
+    )
 
 
 def within(caller: Caller, scope_path: str) -> Decision:

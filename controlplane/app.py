@@ -9,13 +9,15 @@ from aiohttp import web
 from sqlalchemy import text
 
 from controlplane import db
-from controlplane.api import devices, policies, tenancy
+from controlplane.api import compliance, devices, enforcement, events, policies, tenancy
+from controlplane.compliance import recompute_worker
 from controlplane.http import Api, errors_middleware, json_response
 from controlplane.openapi import build_openapi
 from controlplane.ratelimit import RateLimiter
 from controlplane.settings import ControlPlaneSettings
 from controlplane.signing import Signer
 from controlplane.state import STATE, ServiceState
+from controlplane.webhooks import webhook_sender
 
 VERSION = "0.1.0"
 
@@ -25,7 +27,7 @@ Worker = Callable[[ServiceState], AsyncIterator[None]]
 def build_api() -> Api:
     """Every route of the service."""
     api = Api()
-    for module in (tenancy, devices, policies):
+    for module in (tenancy, devices, policies, compliance, enforcement, events):
         api.include(module.api)
     return api
 
@@ -78,7 +80,7 @@ async def create_app(
 
 def background_workers() -> list[Worker]:
     """Long-lived duties (webhook delivery, compliance recompute), each a cleanup context."""
-    return []
+    return [recompute_worker, webhook_sender]
 
 
 def _bind(worker: Worker, state: ServiceState) -> Callable[[web.Application], Any]:

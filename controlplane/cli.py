@@ -24,8 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``controlplane`` subcommands on ``parser``."""
     sub = parser.add_subparsers(dest="cp_command", required=True)
     serve = sub.add_parser("serve", help="serve the control plane API")
-    serve.add_argument("--demo", action="store_true",
-                       help="create the demo tenant on first start and write its tokens")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="create the demo tenant on first start and write its tokens",
+    )
     serve.add_argument("--data-dir", type=Path, help="where the database and keys live")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8081; 0 = any)")

@@ -68,13 +68,26 @@ TREE: Final = {
 }
 
 COMMON: Final = [
-    ("brew", "git", "2.47.1"), ("brew", "openssl@3", "3.4.0"), ("brew", "curl", "8.11.1"),
-    ("brew", "jq", "1.7.1"), ("brew", "wget", "1.25.0"), ("brew", "gnupg", "2.4.7"),
-    ("brew", "node", "22.12.0"), ("brew", "python@3.12", "3.12.8"), ("brew", "go", "1.23.4"),
-    ("brew", "terraform", "1.9.5"), ("brew", "kubectl", "1.31.3"), ("brew", "awscli", "2.22.20"),
-    ("brew", "firefox", "133.0"), ("brew", "google-chrome", "131.0.6778.140"),
-    ("npm", "typescript", "5.7.2"), ("npm", "eslint", "9.17.0"), ("npm", "pnpm", "9.15.0"),
-    ("pip", "requests", "2.32.3"), ("pip", "boto3", "1.35.86"), ("pip", "black", "24.10.0"),
+    ("brew", "git", "2.47.1"),
+    ("brew", "openssl@3", "3.4.0"),
+    ("brew", "curl", "8.11.1"),
+    ("brew", "jq", "1.7.1"),
+    ("brew", "wget", "1.25.0"),
+    ("brew", "gnupg", "2.4.7"),
+    ("brew", "node", "22.12.0"),
+    ("brew", "python@3.12", "3.12.8"),
+    ("brew", "go", "1.23.4"),
+    ("brew", "terraform", "1.9.5"),
+    ("brew", "kubectl", "1.31.3"),
+    ("brew", "awscli", "2.22.20"),
+    ("brew", "firefox", "133.0"),
+    ("brew", "google-chrome", "131.0.6778.140"),
+    ("npm", "typescript", "5.7.2"),
+    ("npm", "eslint", "9.17.0"),
+    ("npm", "pnpm", "9.15.0"),
+    ("pip", "requests", "2.32.3"),
+    ("pip", "boto3", "1.35.86"),
+    ("pip", "black", "24.10.0"),
 ]
 
 
@@ -87,48 +100,72 @@ class DemoScopes:
 def _bundles(s: dict[str, str], root: str) -> list[dict[str, Any]]:
     return [
         {
-            "policy_id": "org-baseline", "policy_version": 3, "scope_bindings": [root],
+            "policy_id": "org-baseline",
+            "policy_version": 3,
+            "scope_bindings": [root],
             "description": "Baseline for every managed Mac at Contoso.",
-            "required_packages": [{"manager": "brew", "name": "git", "versions": ">=2.40"},
-                                  {"manager": "brew", "name": "openssl@3"}],
-            "denied_packages": [{"manager": "brew", "name": "telnet"},
-                                {"manager": "brew", "name": "openssl@1.1"},
-                                {"manager": "npm", "name": "event-stream", "versions": "==3.3.6"}],
+            "required_packages": [
+                {"manager": "brew", "name": "git", "versions": ">=2.40"},
+                {"manager": "brew", "name": "openssl@3"},
+            ],
+            "denied_packages": [
+                {"manager": "brew", "name": "telnet"},
+                {"manager": "brew", "name": "openssl@1.1"},
+                {"manager": "npm", "name": "event-stream", "versions": "==3.3.6"},
+            ],
             "allowed_packages": [{"manager": "brew", "name": "node", "versions": ">=20"}],
-            "guarded_action_rules": [{"action": "upgrade_all"},
-                                     {"action": "uninstall", "manager": "brew", "name": "git"}],
+            "guarded_action_rules": [
+                {"action": "upgrade_all"},
+                {"action": "uninstall", "manager": "brew", "name": "git"},
+            ],
             "managed_managers": ["brew", "npm", "pip"],
             "auto_remediation_mode": "observe",
-            "upgrade_windows": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "18:00",
-                                 "end": "07:00", "timezone": "Europe/Berlin"}],
+            "upgrade_windows": [
+                {
+                    "days": ["mon", "tue", "wed", "thu", "fri"],
+                    "start": "18:00",
+                    "end": "07:00",
+                    "timezone": "Europe/Berlin",
+                }
+            ],
         },
         {
-            "policy_id": "engineering-tools", "policy_version": 7,
+            "policy_id": "engineering-tools",
+            "policy_version": 7,
             "scope_bindings": [s["engineering"]],
             "description": "Toolchains engineering supports.",
             "required_packages": [{"manager": "brew", "name": "jq"}],
-            "allowed_packages": [{"manager": "brew", "name": "python@3.12", "versions": ">=3.12.4"},
-                                 {"manager": "brew", "name": "go", "versions": ">=1.22"}],
+            "allowed_packages": [
+                {"manager": "brew", "name": "python@3.12", "versions": ">=3.12.4"},
+                {"manager": "brew", "name": "go", "versions": ">=1.22"},
+            ],
             "auto_remediation_mode": "assist",
         },
         {
-            "policy_id": "platform-team", "policy_version": 12,
+            "policy_id": "platform-team",
+            "policy_version": 12,
             "scope_bindings": [s["engineering.platform"]],
             "description": "Platform engineers pin terraform for state compatibility.",
-            "required_packages": [{"manager": "brew", "name": "terraform"},
-                                  {"manager": "brew", "name": "kubectl", "versions": ">=1.30"}],
+            "required_packages": [
+                {"manager": "brew", "name": "terraform"},
+                {"manager": "brew", "name": "kubectl", "versions": ">=1.30"},
+            ],
             "pin_rules": [{"manager": "brew", "name": "terraform", "version": "1.9.5"}],
         },
         {
-            "policy_id": "finance-lockdown", "policy_version": 2,
+            "policy_id": "finance-lockdown",
+            "policy_version": 2,
             "scope_bindings": [s["finance"]],
             "description": "Finance machines: no developer toolchains.",
-            "denied_packages": [{"manager": "brew", "name": "node"},
-                                {"manager": "brew", "name": "go"}],
+            "denied_packages": [
+                {"manager": "brew", "name": "node"},
+                {"manager": "brew", "name": "go"},
+            ],
             "auto_remediation_mode": "enforce",
         },
         {
-            "policy_id": "canary-node", "policy_version": 1,
+            "policy_id": "canary-node",
+            "policy_version": 1,
             "scope_bindings": [s["engineering.platform.workstations.canary-macs"]],
             "description": "Canary group may run the newest node.",
             "allowed_packages": [{"manager": "brew", "name": "node", "versions": ">=23"}],
@@ -140,10 +177,12 @@ async def ensure_demo(state: ServiceState) -> Path:
     """Create the demo tenant once; (re)write the demo tokens file if it is missing."""
     tokens_file = state.settings.data_dir / "demo-tokens.json"
     async with state.sessions() as session:
-        tenant = (await session.execute(select(Tenant).where(Tenant.name == TENANT))).scalar_one_or_none()
+        tenant = (
+            await session.execute(select(Tenant).where(Tenant.name == TENANT))
+        ).scalar_one_or_none()
     if tenant is None:
         tokens = await _create(state)
-        await recompute_tenant(state, tokens["tenant_id"], actor="demo", correlation_id="demo-seed")
+        await recompute_tenant(state, tokens["tenant_id"])
     elif not tokens_file.exists():
         tokens = await _reissue(state, tenant.id)
     else:
@@ -158,12 +197,20 @@ async def ensure_demo(state: ServiceState) -> Path:
 async def _reissue(state: ServiceState, tenant_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"tenant_id": tenant_id, "tokens": {}}
     async with state.writing() as session:
-        principals = (await session.execute(select(Principal).where(
-            Principal.tenant_id == tenant_id))).scalars()
+        principals = (
+            await session.execute(select(Principal).where(Principal.tenant_id == tenant_id))
+        ).scalars()
         for principal in principals:
             secret = issue_token()
-            session.add(ApiToken(id=new_id("tok"), tenant_id=tenant_id, principal_id=principal.id,
-                                 token_hash=hash_token(secret), name="demo"))
+            session.add(
+                ApiToken(
+                    id=new_id("tok"),
+                    tenant_id=tenant_id,
+                    principal_id=principal.id,
+                    token_hash=hash_token(secret),
+                    name="demo",
+                )
+            )
             out["tokens"][principal.name] = {"token": secret, "roles": principal.roles}
     return out
 
@@ -172,8 +219,9 @@ async def _create(state: ServiceState) -> dict[str, Any]:
     rng = random.Random(SEED)
     now = utcnow()
     async with state.writing() as session:
-        created = await create_tenant_records(session, TENANT, "owner", "demo-seed",
-                                              tenant_id="ten_contoso")
+        created = await create_tenant_records(
+            session, TENANT, "owner", "demo-seed", tenant_id="ten_contoso"
+        )
         tenant_id, root = created.id, created.root_scope_id
         ids: dict[str, str] = {}
         rows: list[dict[str, Any]] = []
@@ -182,9 +230,17 @@ async def _create(state: ServiceState) -> dict[str, Any]:
         def add(path: str, name: str, level: str, parent: str, parent_path: str) -> None:
             scope_id = "scp_" + path.replace(".", "_").replace("-", "_")[:36]
             ids[path] = scope_id
-            rows.append({"id": scope_id, "tenant_id": tenant_id, "parent_id": parent,
-                         "level": level, "name": name, "path": f"{parent_path}{scope_id}/",
-                         "created_at": now})
+            rows.append(
+                {
+                    "id": scope_id,
+                    "tenant_id": tenant_id,
+                    "parent_id": parent,
+                    "level": level,
+                    "name": name,
+                    "path": f"{parent_path}{scope_id}/",
+                    "created_at": now,
+                }
+            )
 
         def walk(node: Any, prefix: str, depth: int, parent: str, parent_path: str) -> None:
             items = node.items() if isinstance(node, dict) else ((n, None) for n in node)
@@ -196,29 +252,52 @@ async def _create(state: ServiceState) -> dict[str, Any]:
 
         walk(TREE, "", 0, root, f"/{root}/")
         await session.execute(insert(Scope), rows)
-        tokens: dict[str, Any] = {"tenant_id": tenant_id, "tokens": {
-            "owner": {"token": created.owner_token, "roles": ["owner"]}}}
+        tokens: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "tokens": {"owner": {"token": created.owner_token, "roles": ["owner"]}},
+        }
         for name, roles, where in (*PRINCIPALS, (GATEWAY, ["viewer"], "")):
-            principal = Principal(id=f"prn_{name.replace('-', '_')}", tenant_id=tenant_id,
-                                  name=name, kind="service" if name == GATEWAY else "user",
-                                  roles=roles, scope_id=ids[where] if where else root,
-                                  may_act_for_others=name == GATEWAY)
+            principal = Principal(
+                id=f"prn_{name.replace('-', '_')}",
+                tenant_id=tenant_id,
+                name=name,
+                kind="service" if name == GATEWAY else "user",
+                roles=roles,
+                scope_id=ids[where] if where else root,
+                may_act_for_others=name == GATEWAY,
+            )
             session.add(principal)
+            await session.flush()
             secret = issue_token()
-            session.add(ApiToken(id=new_id("tok"), tenant_id=tenant_id, principal_id=principal.id,
-                                 token_hash=hash_token(secret), name="demo"))
+            session.add(
+                ApiToken(
+                    id=new_id("tok"),
+                    tenant_id=tenant_id,
+                    principal_id=principal.id,
+                    token_hash=hash_token(secret),
+                    name="demo",
+                )
+            )
             tokens["tokens"][name] = {"token": secret, "roles": roles}
         await session.flush()
         for doc in _bundles(ids, root):
-            session.add(PolicyBundle(id=new_id("pb"), tenant_id=tenant_id,
-                                     policy_id=doc["policy_id"],
-                                     policy_version=doc["policy_version"], content=doc,
-                                     digest=digest(doc), key_id=state.signer.key_id,
-                                     signature=state.signer.sign(doc), created_by="ana"))
+            session.add(
+                PolicyBundle(
+                    id=new_id("pb"),
+                    tenant_id=tenant_id,
+                    policy_id=doc["policy_id"],
+                    policy_version=doc["policy_version"],
+                    content=doc,
+                    digest=digest(doc),
+                    key_id=state.signer.key_id,
+                    signature=state.signer.sign(doc),
+                    created_by="ana",
+                )
+            )
         await bump_revision(session, tenant_id)
         devices, members = _devices(rng, tenant_id, ids, now)
         for start in range(0, len(devices), 500):
-            await session.execute(insert(Device), devices[start:start + 500])
+            await session.execute(insert(Device), devices[start : start + 500])
         await session.execute(insert(DeviceScope), members)
     return tokens
 
@@ -231,12 +310,20 @@ def _leaf_groups(ids: dict[str, str]) -> list[str]:
 def _devices(
     rng: random.Random, tenant_id: str, ids: dict[str, str], now: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    catalog = [("brew", f"formula-{i:04d}", f"{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}")
-               for i in range(2500)]
-    catalog += [("npm", f"pkg-{i:04d}", f"{rng.randint(1, 9)}.{rng.randint(0, 20)}.0")
-                for i in range(1500)]
-    catalog += [("pip", f"py-{i:04d}", f"{rng.randint(0, 5)}.{rng.randint(0, 40)}")
-                for i in range(1000)]
+    catalog = [
+        (
+            "brew",
+            f"formula-{i:04d}",
+            f"{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}",
+        )
+        for i in range(2500)
+    ]
+    catalog += [
+        ("npm", f"pkg-{i:04d}", f"{rng.randint(1, 9)}.{rng.randint(0, 20)}.0") for i in range(1500)
+    ]
+    catalog += [
+        ("pip", f"py-{i:04d}", f"{rng.randint(0, 5)}.{rng.randint(0, 40)}") for i in range(1000)
+    ]
     leaves = _leaf_groups(ids)
     devices: list[dict[str, Any]] = []
     members: list[dict[str, Any]] = []
@@ -246,6 +333,11 @@ def _devices(
         installed = {(m, p): v for m, p, v in COMMON}
         for m, p, v in rng.sample(catalog, rng.randint(130, 280)):
             installed[(m, p)] = v
+        if leaf.startswith("finance"):
+            installed.pop(("brew", "node"))  # finance machines carry no developer toolchains
+            installed.pop(("brew", "go"))
+        if leaf.endswith("canary-macs"):
+            installed[("brew", "node")] = "23.3.0"  # the canary group runs the newest node
         pinned = {("brew", "terraform")} if leaf.startswith("engineering.platform") else set()
         drift = n % 25  # one device in 25 drifts, each kind in turn
         if drift == 1:
@@ -267,15 +359,21 @@ def _devices(
             last = now - timedelta(days=30)  # stale check-in: unknown
         inventory = sorted([m, p, v, (m, p) in pinned] for (m, p), v in installed.items())
         never = n % 211 == 0  # never reported: unknown
-        devices.append({
-            "id": device_id, "tenant_id": tenant_id, "name": f"mac-{n:05d}",
-            "platform": "macos", "site_class": rng.choice(["online"] * 8 + ["intermittent"] * 2),
-            "managed_mode": "managed-enforced" if n % 3 else "managed-readonly",
-            "ring": 0 if leaf.endswith("canary-macs") else 1 if n % 50 == 0 else 4,
-            "last_checkin_at": None if never else last,
-            "inventory_seq": -1 if never else seq,
-            "inventory": [] if never else inventory,
-            "created_at": now, "updated_at": now,
-        })
+        devices.append(
+            {
+                "id": device_id,
+                "tenant_id": tenant_id,
+                "name": f"mac-{n:05d}",
+                "platform": "macos",
+                "site_class": rng.choice(["online"] * 8 + ["intermittent"] * 2),
+                "managed_mode": "managed-enforced" if n % 3 else "managed-readonly",
+                "ring": 0 if leaf.endswith("canary-macs") else 1 if n % 50 == 0 else 4,
+                "last_checkin_at": None if never else last,
+                "inventory_seq": -1 if never else seq,
+                "inventory": [] if never else inventory,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         members.append({"device_id": device_id, "scope_id": ids[leaf], "tenant_id": tenant_id})
     return devices, members

@@ -27,10 +27,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, Final
 
-from controlplane.effective import EffectivePolicy, Origin
-from controlplane.versions import parse_range, version_key
+from controlplane.effective import EffectivePin, EffectivePolicy, EffectiveRule, Origin, PackageKey
+from controlplane.versions import VersionRange, parse_range, version_key
 
 CATEGORIES: Final = (
     "missing_required",
@@ -51,6 +52,9 @@ REASON_MAX: Final = 300
 
 type InventoryRow = Sequence[Any]
 """``[manager, name, version, pinned]`` as stored in ``Device.inventory``."""
+_KEY: Final = itemgetter(0, 1)
+_MANAGER: Final = itemgetter(0)
+_NAME: Final = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +109,7 @@ class Evaluation:
 
 
 def evaluate(
-    policy: EffectivePolicy | None,
+    policy: EffectivePolicy | PolicyChecker | None,
     inventory: Sequence[InventoryRow] | None,
     *,
     last_checkin_at: datetime | None,
@@ -117,7 +121,8 @@ def evaluate(
     """Evaluate a device.
 
     Args:
-        policy: the device's effective policy; None when no valid bundle applies.
+        policy: the device's effective policy (or a checker prepared from it, when many
+            devices share it); None when no valid bundle applies.
         inventory: installed packages; None when the device never reported one.
         last_checkin_at: time of the last inventory report.
         now: the evaluation time (a parameter so tests need no sleeping).
@@ -131,8 +136,11 @@ def evaluate(
         The state, its reason and the findings.
     """
     suffix = "; reporting only (unmanaged device)" if unmanaged else ""
+    checker = policy
+    if isinstance(policy, PolicyChecker):
+        policy = policy.policy
     version = policy.version if policy is not None else ""
-    if policy is None:
+    if checker is None:
         return _unknown("no valid policy applies to this device" + suffix, version)
     if inventory is None or last_checkin_at is None:
         return _unknown("the device has never reported an inventory" + suffix, version)
@@ -142,93 +150,152 @@ def evaluate(
             f"{_days(stale_after)}" + suffix,
             version,
         )
-    findings = find_drift(policy, inventory, managers_origin=managers_origin)
+    findings = find_drift(checker, inventory, managers_origin=managers_origin)
     if not findings:
         return Evaluation("compliant", f"no drift against {version}"[:REASON_MAX], version, ())
     counts = Counter(f.category for f in findings)
     state = "non_compliant" if BLOCKING & counts.keys() else "warning"
-    listed = ", ".join(f"{c} ×{counts[c]}" for c in CATEGORIES if c in counts)
+    listed = ", ".join(f"{c} {counts[c]}" for c in CATEGORIES if c in counts)
     noun = "violation" if len(findings) == 1 else "violations"
-    reason = f"{len(findings)} {noun}: {listed}{suffix}"
+    reason = f"{len(findings)} {noun} ({listed}){suffix}"
     return Evaluation(state, _clip(reason), version, findings)
 
 
 def find_drift(
-    policy: EffectivePolicy,
+    policy: EffectivePolicy | PolicyChecker,
     inventory: Sequence[InventoryRow],
     *,
     managers_origin: Origin | None = None,
 ) -> tuple[Finding, ...]:
-    """Every violation of ``policy`` by ``inventory``, ordered by severity then package.
+    """Every violation of ``policy`` by ``inventory``, ordered by severity then package."""
+    checker = policy if isinstance(policy, PolicyChecker) else PolicyChecker(policy)
+    return checker.find(inventory, managers_origin=managers_origin)
 
-    Work is proportional to the rules plus one dictionary build over the inventory, because a
-    full recompute runs this for every device of a fleet.
+
+type _Check = tuple[str, PackageKey, str, str, VersionRange | None, dict[str, bool], EffectiveRule]
+"""name, key, manager, effect, parsed range, verdict per installed version, the rule."""
+
+
+class PolicyChecker:
+    """An effective policy prepared for checking many inventories.
+
+    A full recompute checks every device of a fleet against a few distinct policies, so the
+    work per device is kept to one dictionary build over its inventory plus a lookup per rule;
+    range verdicts are memoized per installed version, since a fleet repeats a handful of
+    versions per package.
     """
-    installed = {(row[0], row[1]): row for row in inventory}
-    managed = policy.managed_managers
-    out: list[Finding] = []
-    rules = policy.rules
-    for key in rules.keys() & installed.keys():
-        rule = rules[key]
-        row = installed[key]
-        manager, name, installed_version, pinned = row[0], row[1], str(row[2]), bool(row[3])
-        if rule.effect == "deny":
-            if rule.versions is None or parse_range(rule.versions).contains(installed_version):
-                expected = "absent" if rule.versions is None else f"not {rule.versions}"
-                out.append(
-                    Finding("present_denied", manager, name, "uninstall", expected,
-                            installed_version, rule.origin)
-                )
-        elif rule.versions is not None and not parse_range(rule.versions).contains(
-            installed_version
-        ):
-            # A local pin would keep an upgrade from moving the package, so it goes first;
-            # an effective pin is reported separately as pin_mismatch.
-            action = "unpin" if pinned and key not in policy.pins else "upgrade"
-            out.append(
-                Finding("version_out_of_range", manager, name, action, rule.versions,
-                        installed_version, rule.origin)
+
+    def __init__(self, policy: EffectivePolicy) -> None:
+        self.policy = policy
+        # Allow rules without a range can never drift; they matter only for default deny.
+        self._checks: list[_Check] = [
+            (
+                r.name,
+                (r.manager, r.name),
+                r.manager,
+                r.effect,
+                None if r.versions is None else parse_range(r.versions),
+                {},
+                r,
             )
-    for rule in policy.required:
-        if (rule.manager, rule.name) not in installed:
-            out.append(
-                Finding("missing_required", rule.manager, rule.name, "install",
-                        rule.versions or "installed", "absent", rule.origin)
-            )
-    for key in policy.pins.keys() & installed.keys():
-        pin = policy.pins[key]
-        row = installed[key]
-        installed_version, pinned = str(row[2]), bool(row[3])
-        if not pinned:
-            actual = f"unpinned at {installed_version}"
-        elif version_key(installed_version) != version_key(pin.version):
-            actual = f"pinned at {installed_version}"
-        else:
-            continue
-        out.append(
-            Finding("pin_mismatch", pin.manager, pin.name, "pin", f"pinned at {pin.version}",
-                    actual, pin.origin)
-        )
-    if managed:
-        per_manager = Counter(row[0] for row in inventory if row[0] not in managed)
-        expected = "managers " + ", ".join(sorted(managed))
-        for manager, count in per_manager.items():
-            noun = "package" if count == 1 else "packages"
-            out.append(
-                Finding("unmanaged_toolchain", manager, ANY_PACKAGE, "uninstall", expected,
-                        f"{count} {noun}", managers_origin)
-            )
-    if policy.default_action == "deny":
-        for key in installed.keys() - rules.keys():
-            # Packages of an unmanaged manager are one unmanaged_toolchain finding already.
-            if managed and key[0] not in managed:
+            for r in policy.rules.values()
+            if r.effect != "allow" or r.versions is not None
+        ]
+        self._pins = list(policy.pins.values())
+        self._expected_managers = "managers " + ", ".join(sorted(policy.managed_managers))
+
+    def find(
+        self, inventory: Sequence[InventoryRow], *, managers_origin: Origin | None = None
+    ) -> tuple[Finding, ...]:
+        """Every violation by ``inventory``, ordered by severity then package."""
+        policy = self.policy
+        # Keyed by name alone when names are unique (the usual case): building this map is
+        # the one step that touches every package, and a string key is cheaper than a tuple.
+        index: dict[Any, InventoryRow] = dict(zip(map(_NAME, inventory), inventory, strict=True))
+        by_name = len(index) == len(inventory)
+        if not by_name:
+            index = dict(zip(map(_KEY, inventory), inventory, strict=True))
+        out: list[Finding] = []
+        for name, key, manager, effect, bounds, verdicts, rule in self._checks:
+            row = index.get(name if by_name else key)
+            if row is None or row[0] != manager:
+                if effect == "require":
+                    expected = rule.versions or "installed"
+                    out.append(_found("missing_required", rule, "install", expected, "absent"))
                 continue
-            out.append(
-                Finding("present_denied", key[0], key[1], "uninstall", "absent (default deny)",
-                        str(installed[key][2]), policy.default_origin)
-            )
-    out.sort(key=_order)
-    return tuple(out)
+            version = row[2]
+            if bounds is None:
+                if effect == "deny":
+                    out.append(_found("present_denied", rule, "uninstall", "absent", version))
+                continue
+            inside = verdicts.get(version)
+            if inside is None:
+                inside = verdicts[version] = bounds.contains(version)
+            if effect == "deny":
+                if inside:
+                    expected = f"not {bounds.text}"
+                    out.append(_found("present_denied", rule, "uninstall", expected, version))
+            elif not inside:
+                # A local pin would keep an upgrade from moving the package, so it goes first;
+                # an effective pin is reported separately as pin_mismatch.
+                action = "unpin" if row[3] and key not in policy.pins else "upgrade"
+                out.append(_found("version_out_of_range", rule, action, bounds.text, version))
+        for pin in self._pins:
+            row = index.get(pin.name if by_name else (pin.manager, pin.name))
+            if row is None or row[0] != pin.manager:
+                continue
+            version = str(row[2])
+            if not row[3]:
+                actual = f"unpinned at {version}"
+            elif version != pin.version and version_key(version) != version_key(pin.version):
+                actual = f"pinned at {version}"
+            else:
+                continue
+            out.append(_found("pin_mismatch", pin, "pin", f"pinned at {pin.version}", actual))
+        managed = policy.managed_managers
+        if managed:
+            per_manager = Counter(map(_MANAGER, inventory))
+            for manager in sorted(per_manager.keys() - managed):
+                count = per_manager[manager]
+                actual = f"{count} package" if count == 1 else f"{count} packages"
+                expected = self._expected_managers
+                out.append(
+                    Finding(
+                        "unmanaged_toolchain",
+                        manager,
+                        ANY_PACKAGE,
+                        "uninstall",
+                        expected,
+                        actual,
+                        managers_origin,
+                    )
+                )
+        if policy.default_action == "deny":
+            installed = dict(zip(map(_KEY, inventory), inventory, strict=True))
+            for manager, name in installed.keys() - policy.rules.keys():
+                # Packages of an unmanaged manager are one unmanaged_toolchain finding already.
+                if managed and manager not in managed:
+                    continue
+                version = str(installed[manager, name][2])
+                out.append(
+                    Finding(
+                        "present_denied",
+                        manager,
+                        name,
+                        "uninstall",
+                        "absent (default deny)",
+                        version,
+                        policy.default_origin,
+                    )
+                )
+        out.sort(key=_order)
+        return tuple(out)
+
+
+def _found(
+    category: str, rule: EffectiveRule | EffectivePin, action: str, expected: str, actual: str
+) -> Finding:
+    return Finding(category, rule.manager, rule.name, action, expected, actual, rule.origin)
 
 
 _RANK: Final = {category: rank for rank, category in enumerate(CATEGORIES)}

@@ -115,7 +115,8 @@ class EffectivePolicy:
                 for p in sorted(self.pins.values(), key=lambda p: (p.manager, p.name))
             ],
             "guarded_action_rules": [
-                {**g.rule.model_dump(mode="json"), "origin": g.origin.as_dict()} for g in self.guards
+                {**g.rule.model_dump(mode="json"), "origin": g.origin.as_dict()}
+                for g in self.guards
             ],
             "upgrade_windows": [w.model_dump(mode="json") for w in self.upgrade_windows],
             "upgrade_windows_origin": _origin(self.upgrade_windows_origin),
@@ -141,7 +142,10 @@ class EffectivePolicy:
         }
         pins = {
             (p["manager"], p["name"]): EffectivePin(
-                p["manager"], p["name"], p["version"], p["include_in_upgrade_all"],
+                p["manager"],
+                p["name"],
+                p["version"],
+                p["include_in_upgrade_all"],
                 Origin(**p["origin"]),
             )
             for p in doc["pins"]
@@ -186,9 +190,7 @@ class ScopeInfo:
         return LEVELS.index(self.level)
 
 
-def resolve(
-    bundles: Iterable[PolicyBundle], scopes: Iterable[ScopeInfo]
-) -> EffectivePolicy | None:
+def resolve(bundles: Iterable[PolicyBundle], scopes: Iterable[ScopeInfo]) -> EffectivePolicy | None:
     """The effective policy of a set of scopes (a device's memberships and their ancestors).
 
     Args:

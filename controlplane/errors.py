@@ -45,7 +45,11 @@ class ApiError(Exception):
 
     def body(self, request_id: str) -> dict[str, Any]:
         """The JSON error document for this error."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message, "request_id": request_id}
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "request_id": request_id,
+        }
         if self.field is not None:
             error["field"] = self.field
         if self.details:

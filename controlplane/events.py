@@ -9,17 +9,18 @@ the first edited, inserted, re-ordered or deleted event.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from controlplane.models import (
@@ -97,6 +98,36 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; appending fills in its tenant, seq and hashes."""
+
+    type: str
+    """One of ``EVENT_TYPES``."""
+    action: str
+    """Dotted lowercase action that happened, such as ``scope.create``."""
+    outcome: str
+    """``success``, ``failure``, ``denied`` or a domain outcome such as ``non_compliant``."""
+    actor: str
+    """Who did it, as ``Caller.actor`` renders them."""
+    correlation_id: str
+    """Request id that links the event to its request and its log lines."""
+    scope_id: str | None = None
+    """Scope the event concerns, if any."""
+    device_id: str | None = None
+    """Device the event concerns, if any."""
+    manager: str | None = None
+    """Package manager the event concerns, if any."""
+    task_id: str | None = None
+    """Execution-plane task the event belongs to, if any."""
+    policy_version: str | None = None
+    """Policy version in force, if any."""
+    data: dict[str, Any] | None = None
+    """Further structured detail (JSON)."""
+    timestamp: datetime | None = None
+    """When it happened; the time of appending if None."""
+
+
 async def append_event(
     session: AsyncSession,
     *,
@@ -116,100 +147,187 @@ async def append_event(
 ) -> Event:
     """Append one event to the tenant's chain inside the caller's transaction.
 
-    Also queues a pending ``WebhookDelivery`` for each active subscription of the tenant that
-    matches the event's type; the webhook sender is woken once the transaction commits.
-
-    Args:
-        session: The caller's session, inside a write transaction it will commit.
-        tenant_id: Tenant whose chain grows.
-        type: One of ``EVENT_TYPES``.
-        action: Dotted lowercase action that happened, such as ``scope.create``.
-        outcome: ``success``, ``failure``, ``denied`` or a domain outcome.
-        actor: Who did it, as ``Caller.actor`` renders them.
-        correlation_id: Request id that links the event to its request and logs.
-        scope_id: Scope the event concerns, if any.
-        device_id: Device the event concerns, if any.
-        manager: Package manager the event concerns, if any.
-        task_id: Execution-plane task the event belongs to, if any.
-        policy_version: Policy version in force, if any.
-        data: Further structured detail (JSON).
-        timestamp: When it happened; now if omitted.
+    The keyword arguments are the fields of ``NewEvent``; ``append_events`` says what else
+    happens.
 
     Returns:
-        The event, flushed (its ``id``, ``seq`` and ``hash`` are set).
+        The stored event (``id``, ``seq`` and ``hash`` set), not attached to the session.
     """
-    event = Event(
-        tenant_id=tenant_id,
-        seq=0,
+    new = NewEvent(
         type=type,
+        action=action,
+        outcome=outcome,
+        actor=actor,
+        correlation_id=correlation_id,
         scope_id=scope_id,
         device_id=device_id,
         manager=manager,
         task_id=task_id,
-        action=action,
         policy_version=policy_version,
-        outcome=outcome,
-        timestamp=(timestamp or utcnow()).astimezone(UTC),
-        actor=actor,
-        correlation_id=correlation_id,
-        data=data or {},
-        prev_hash=GENESIS,
-        hash="",
+        data=data,
+        timestamp=timestamp,
     )
-    while True:
-        head = (
-            await session.execute(
-                select(ChainHead.seq, ChainHead.hash).where(ChainHead.tenant_id == tenant_id)
-            )
-        ).first()
-        prev_seq, prev_hash = (0, GENESIS) if head is None else (head.seq, head.hash)
-        event.seq, event.prev_hash = prev_seq + 1, prev_hash
-        event.hash = event_hash(hashed_fields(event), prev_hash)
-        if head is None:
-            # The tenant's first event: it is created in the tenant's own transaction, so no
-            # concurrent writer can race this insert.
-            await session.execute(
-                insert(ChainHead).values(tenant_id=tenant_id, seq=event.seq, hash=event.hash)
-            )
-            break
-        moved = await session.execute(
-            update(ChainHead)
-            .where(ChainHead.tenant_id == tenant_id, ChainHead.seq == prev_seq)
-            .values(seq=event.seq, hash=event.hash)
-            .execution_options(synchronize_session=False)
-        )
-        if moved.rowcount == 1:  # type: ignore[attr-defined]
-            break
-        # Another writer moved the head first (PostgreSQL READ COMMITTED); read it again.
-    session.add(event)
-    await session.flush()
-    await _queue_deliveries(session, event)
+    (event,) = await append_events(session, tenant_id, [new])
     return event
 
 
-async def _queue_deliveries(session: AsyncSession, event: Event) -> None:
-    subscriptions = await session.execute(
-        select(WebhookSubscription.id, WebhookSubscription.event_types).where(
-            WebhookSubscription.tenant_id == event.tenant_id,
-            WebhookSubscription.active.is_(True),
+async def append_events(
+    session: AsyncSession, tenant_id: str, new: Sequence[NewEvent]
+) -> list[Event]:
+    """Append events, in order, to the tenant's chain inside the caller's transaction.
+
+    The head moves once for the whole batch and the rows go in as one multi-row INSERT, so a
+    batch costs about as many round trips as a single event. A pending ``WebhookDelivery`` is
+    queued for each active subscription of the tenant that matches an event's type; the
+    webhook sender is woken once the transaction commits.
+
+    Args:
+        session: The caller's session, inside a write transaction the caller commits.
+        tenant_id: Tenant whose chain grows.
+        new: The events, oldest first.
+
+    Returns:
+        The stored events (``id``, ``seq`` and ``hash`` set), not attached to the session.
+    """
+    if not new:
+        return []
+    now = utcnow()
+    events = [
+        Event(
+            tenant_id=tenant_id,
+            type=n.type,
+            scope_id=n.scope_id,
+            device_id=n.device_id,
+            manager=n.manager,
+            task_id=n.task_id,
+            action=n.action,
+            policy_version=n.policy_version,
+            outcome=n.outcome,
+            timestamp=(n.timestamp or now).astimezone(UTC),
+            actor=n.actor,
+            correlation_id=n.correlation_id,
+            data=n.data or {},
         )
-    )
-    matching = [
-        sub_id for sub_id, types in subscriptions if event.type in types or ANY_TYPE in types
+        for n in new
     ]
-    if not matching:
-        return
-    session.add_all(
-        WebhookDelivery(
-            tenant_id=event.tenant_id,
-            subscription_id=sub_id,
-            event_id=event.id,
-            status="pending",
-            attempts=0,
-            next_attempt_at=event.timestamp,
-        )
-        for sub_id in matching
+    if session.new or session.dirty or session.deleted:
+        # The statements below go to the connection directly, past autoflush.
+        await session.flush()
+    # Core statements on the session's connection: the ORM's per-statement bookkeeping cost
+    # more than the round trips themselves (see bench/audit_append.py).
+    conn = await session.connection()
+    subscribed = await _move_head(conn, tenant_id, events)
+    ids = await conn.execute(
+        insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True),
+        [{c: getattr(e, c) for c in _COLUMNS} for e in events],
     )
+    for event, event_id in zip(events, ids.scalars(), strict=True):
+        event.id = event_id
+    if subscribed:
+        await _queue_deliveries(session, conn, events)
+    return events
+
+
+_EVENTS: Final = cast(Table, Event.__table__)
+_HEADS: Final = cast(Table, ChainHead.__table__)
+_SUBSCRIPTIONS: Final = cast(Table, WebhookSubscription.__table__)
+_DELIVERIES: Final = cast(Table, WebhookDelivery.__table__)
+_COLUMNS: Final = tuple(c.name for c in _EVENTS.c if c.name != "id")
+_HINTS_MAX: Final = 10_000
+_head_hints: dict[str, tuple[int, str]] = {}
+"""Each tenant's head as this process last moved it: tried first, saving a read per append.
+
+Only a guess: the conditional UPDATE matches on seq and hash, so a stale hint (another
+process appended, or our transaction rolled back) moves nothing and the head is read again.
+"""
+
+
+def _chain(events: list[Event], seq: int, prev_hash: str) -> None:
+    for event in events:
+        seq += 1
+        event.seq, event.prev_hash = seq, prev_hash
+        event.hash = prev_hash = event_hash(hashed_fields(event), prev_hash)
+
+
+async def _move_head(conn: AsyncConnection, tenant_id: str, events: list[Event]) -> bool:
+    """Chain ``events`` onto the tenant's head and move the head; whether webhooks exist."""
+    subscribed = (
+        select(_SUBSCRIPTIONS.c.id)
+        .where(_SUBSCRIPTIONS.c.tenant_id == tenant_id, _SUBSCRIPTIONS.c.active.is_(True))
+        .exists()
+        .label("subscribed")
+    )
+    last = events[-1]
+    head = _head_hints.get(tenant_id)
+    while True:
+        if head is None:
+            row = (
+                await conn.execute(
+                    select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.tenant_id == tenant_id)
+                )
+            ).first()
+            if row is None:
+                _chain(events, 0, GENESIS)
+                # The tenant's first event is appended in the tenant's own transaction, so no
+                # concurrent writer can race this insert.
+                created = await conn.execute(
+                    insert(_HEADS)
+                    .values(tenant_id=tenant_id, seq=last.seq, hash=last.hash)
+                    .returning(subscribed)
+                )
+                has_webhooks = bool(created.scalar_one())
+                break
+            head = (row.seq, row.hash)
+        prev_seq, prev_hash = head
+        _chain(events, prev_seq, prev_hash)
+        moved = await conn.execute(
+            update(_HEADS)
+            .where(
+                _HEADS.c.tenant_id == tenant_id,
+                _HEADS.c.seq == prev_seq,
+                _HEADS.c.hash == prev_hash,
+            )
+            .values(seq=last.seq, hash=last.hash)
+            .returning(subscribed)
+        )
+        if (found := moved.first()) is not None:
+            has_webhooks = bool(found.subscribed)
+            break
+        # A stale hint, or another writer moved the head first (PostgreSQL READ COMMITTED).
+        head = None
+    if len(_head_hints) >= _HINTS_MAX:
+        _head_hints.clear()
+    _head_hints[tenant_id] = (last.seq, last.hash)
+    return has_webhooks
+
+
+async def _queue_deliveries(
+    session: AsyncSession, conn: AsyncConnection, events: list[Event]
+) -> None:
+    subscriptions = (
+        await conn.execute(
+            select(_SUBSCRIPTIONS.c.id, _SUBSCRIPTIONS.c.event_types).where(
+                _SUBSCRIPTIONS.c.tenant_id == events[0].tenant_id,
+                _SUBSCRIPTIONS.c.active.is_(True),
+            )
+        )
+    ).all()
+    deliveries = [
+        {
+            "tenant_id": event.tenant_id,
+            "subscription_id": sub_id,
+            "event_id": event.id,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": event.timestamp,
+        }
+        for event in events
+        for sub_id, types in subscriptions
+        if event.type in types or ANY_TYPE in types
+    ]
+    if not deliveries:
+        return
+    await conn.execute(insert(_DELIVERIES), deliveries)
     sync = session.sync_session
     if not sync.info.get(_WAKE_PENDING):
         # Once per transaction; the flag is cleared when the listener fires.
@@ -326,36 +444,23 @@ async def verify_chain(
         batch: Rows per query; memory stays bounded however long the chain is.
     """
     head_seq, head_hash = await chain_head(session, tenant_id)
-    expected, prev_hash, checked = 1, GENESIS, 0
-
-    def bad(seq: int, problem: str) -> ChainReport:
-        return ChainReport(False, checked, head_seq, seq, problem)
-
+    walk = _Walk()
     # Events appended while we walk lie beyond the head read above; they are not ours to judge.
     async for rows in read_events(session, tenant_id, upto=head_seq, batch=batch):
-        for row in rows:
-            if row.seq > expected:
-                return bad(expected, f"event {expected} is missing (deleted)")
-            if row.seq < expected:
-                return bad(row.seq, f"event {row.seq} is out of place (expected {expected})")
-            checked += 1
-            if event_hash(hashed_fields(row), row.prev_hash) != row.hash:
-                return bad(
-                    row.seq,
-                    f"event {row.seq}'s hash does not match its fields"
-                    " (edited, or moved from another position)",
-                )
-            if row.prev_hash != prev_hash:
-                return bad(
-                    row.seq,
-                    f"event {row.seq}'s prev_hash is not the hash of event {row.seq - 1}"
-                    " (inserted or re-ordered)",
-                )
-            expected, prev_hash = row.seq + 1, row.hash
-    last = expected - 1
-    if last < head_seq:
-        return bad(expected, f"events {expected}..{head_seq} are missing (newest deleted)")
-    if prev_hash != head_hash:
+        # Hashing is pure-Python CPU work (about 30 µs an event); in a thread the event loop
+        # keeps serving other requests while a long chain is checked.
+        found = await asyncio.to_thread(walk.check, rows)
+        if found is not None:
+            return ChainReport(False, walk.checked, head_seq, *found)
+
+    def bad(seq: int, problem: str) -> ChainReport:
+        return ChainReport(False, walk.checked, head_seq, seq, problem)
+
+    if walk.expected - 1 < head_seq:
+        return bad(
+            walk.expected, f"events {walk.expected}..{head_seq} are missing (newest deleted)"
+        )
+    if walk.prev_hash != head_hash:
         return bad(head_seq, f"event {head_seq}'s hash differs from the chain head's")
     # One statement, so the head and the newest event come from the same snapshot.
     newest, head_now = (
@@ -371,4 +476,34 @@ async def verify_chain(
             (head_now or 0) + 1,
             f"events after the chain head (seq {head_now or 0}) exist (inserted behind its back)",
         )
-    return ChainReport(True, checked, head_seq, None, None)
+    return ChainReport(True, walk.checked, head_seq, None, None)
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Where a chain walk stands between batches."""
+
+    expected: int = 1
+    prev_hash: str = GENESIS
+    checked: int = 0
+
+    def check(self, rows: list[Row[Any]]) -> tuple[int, str] | None:
+        """Check the next rows in seq order; the first bad seq and the problem, if any."""
+        for row in rows:
+            if row.seq > self.expected:
+                return self.expected, f"event {self.expected} is missing (deleted)"
+            if row.seq < self.expected:
+                return row.seq, f"event {row.seq} is out of place (expected {self.expected})"
+            self.checked += 1
+            if event_hash(hashed_fields(row), row.prev_hash) != row.hash:
+                return row.seq, (
+                    f"event {row.seq}'s hash does not match its fields"
+                    " (edited, or moved from another position)"
+                )
+            if row.prev_hash != self.prev_hash:
+                return row.seq, (
+                    f"event {row.seq}'s prev_hash is not the hash of event {row.seq - 1}"
+                    " (inserted or re-ordered)"
+                )
+            self.expected, self.prev_hash = row.seq + 1, row.hash
+        return None

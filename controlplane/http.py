@@ -73,17 +73,21 @@ class ErrorBody(BaseModel):
 
 def encode_cursor(value: str) -> str:
     """An opaque cursor for the last key of a page."""
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"c1:{value}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str | None) -> str | None:
-    """The key a cursor stands for; a cursor that does not decode is a 400."""
+    """The key a cursor stands for; a cursor this service did not issue is a 400."""
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        text = raw.decode()
     except (ValueError, UnicodeDecodeError):
-        raise BadRequestError("cursor is not one this service issued", field="cursor") from None
+        text = ""
+    if not text.startswith("c1:"):
+        raise BadRequestError("cursor is not one this service issued", field="cursor")
+    return text[3:]
 
 
 @dataclass(slots=True)

@@ -66,8 +66,12 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         "summary": route.summary,
         "tags": [route.tag],
         "parameters": [
-            {"name": name, "in": "path", "required": True,
-             "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
             for name in _PARAM.findall(route.path)
         ],
     }
@@ -75,8 +79,12 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         qschema = route.query.model_json_schema()
         for name, prop in qschema.get("properties", {}).items():
             op["parameters"].append(
-                {"name": name, "in": "query", "required": name in qschema.get("required", []),
-                 "schema": {k: v for k, v in prop.items() if k != "title"}}
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in qschema.get("required", []),
+                    "schema": {k: v for k, v in prop.items() if k != "title"},
+                }
             )
     if route.auth != "none":
         op["security"] = [{route.auth: []}]
@@ -90,7 +98,11 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         ok["content"] = {route.content_type: {"schema": _ref(refs, route.response)}}
     elif route.content_type != "application/json":
         ok["content"] = {route.content_type: {"schema": {"type": "string"}}}
-    status = "204" if route.response is None and route.content_type == "application/json" else str(route.status)
+    status = (
+        "204"
+        if route.response is None and route.content_type == "application/json"
+        else str(route.status)
+    )
     responses: dict[str, Any] = {status: ok}
     error = {"content": {"application/json": {"schema": _ref(refs, ErrorBody)}}}
     for code, text in _ERRORS.items():

@@ -17,7 +17,9 @@ PackageName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s
 Action = Literal[
     "install", "uninstall", "upgrade", "upgrade_all", "pin", "unpin", "list", "search", "info"
 ]
-MUTATING: frozenset[str] = frozenset({"install", "uninstall", "upgrade", "upgrade_all", "pin", "unpin"})
+MUTATING: frozenset[str] = frozenset(
+    {"install", "uninstall", "upgrade", "upgrade_all", "pin", "unpin"}
+)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 

@@ -51,13 +51,15 @@ class TenantPolicy:
         return self._resolved[key]
 
 
-async def trusted_keys(session: AsyncSession, state: ServiceState, tenant_id: str) -> dict[str, str]:
+async def trusted_keys(
+    session: AsyncSession, state: ServiceState, tenant_id: str
+) -> dict[str, str]:
     """Key id → public key of every key that may sign this tenant's bundles."""
     keys = {state.signer.key_id: state.signer.public_text}
     rows = await session.execute(
         select(SigningKey.key_id, SigningKey.public_key).where(SigningKey.tenant_id == tenant_id)
     )
-    keys.update({key_id: public for key_id, public in rows.tuples()})
+    keys.update({key_id: public for key_id, public in rows})
     return keys
 
 
@@ -99,7 +101,11 @@ async def load_tenant_policy(
             doc = BundleDoc.model_validate(row.content)
         except ValidationError:
             doc = None
-        if doc is None or not bundle_verifies(row, keys) or doc.policy_version != row.policy_version:
+        if (
+            doc is None
+            or not bundle_verifies(row, keys)
+            or doc.policy_version != row.policy_version
+        ):
             rejected.append(f"{row.policy_id}@{row.policy_version}")
             log.warning(
                 "stored policy bundle fails verification; previous version stays active",
@@ -109,7 +115,9 @@ async def load_tenant_policy(
         active[row.policy_id] = doc
     scopes = {
         s.id: ScopeInfo(s.id, s.level, s.path)
-        for s in (await session.execute(select(Scope).where(Scope.tenant_id == tenant_id))).scalars()
+        for s in (
+            await session.execute(select(Scope).where(Scope.tenant_id == tenant_id))
+        ).scalars()
     }
     policy = TenantPolicy(revision, list(active.values()), scopes, rejected)
     # Drop this tenant's older revisions before caching the new one.

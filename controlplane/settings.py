@@ -30,7 +30,7 @@ class ControlPlaneSettings(BaseSettings):
     """Port to listen on; 0 picks a free one."""
 
     bootstrap_token: SecretStr | None = None
-    """Platform token that may create tenants through ``POST /api/v1/tenants``; unset disables it."""
+    """Platform token allowed to create tenants (``POST /api/v1/tenants``); unset disables it."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 naming this limit."""

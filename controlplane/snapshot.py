@@ -95,10 +95,28 @@ def verify_snapshot(
         document = verify_document(dict(envelope), keys)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot signature: {exc}") from None
+    check_validity(document, now, device_id=device_id, tenant_id=tenant_id)
+    try:
+        return EffectivePolicy.from_document(document["policy"])
+    except (KeyError, TypeError, ValueError, ValidationError):
+        raise SnapshotError("snapshot policy is malformed") from None
+
+
+def check_validity(
+    document: Mapping[str, Any], now: datetime, *, device_id: str, tenant_id: str | None = None
+) -> None:
+    """Check a verified snapshot document's binding and lifetime (not its signature).
+
+    Split from ``verify_snapshot`` so a holder of an already verified document (the
+    enforcement API's cache) can re-check what changes with time and with the asker.
+
+    Raises:
+        SnapshotError: another device's or tenant's, expired, not yet valid, or malformed.
+    """
     try:
         issued_at = datetime.fromisoformat(document["issued_at"])
         expires_at = datetime.fromisoformat(document["expires_at"])
-        owner, tenant, body = document["device_id"], document["tenant_id"], document["policy"]
+        owner, tenant = document["device_id"], document["tenant_id"]
     except (KeyError, TypeError, ValueError):
         raise SnapshotError("snapshot document is malformed") from None
     if issued_at.tzinfo is None or expires_at.tzinfo is None:
@@ -111,7 +129,3 @@ def verify_snapshot(
         raise SnapshotError(f"snapshot expired at {expires_at.isoformat()}")
     if issued_at > now + CLOCK_SKEW:
         raise SnapshotError(f"snapshot is issued in the future ({issued_at.isoformat()})")
-    try:
-        return EffectivePolicy.from_document(body)
-    except (KeyError, TypeError, ValueError, ValidationError):
-        raise SnapshotError("snapshot policy is malformed") from None

@@ -100,21 +100,35 @@ class DeviceQuery(Page):
 
 def device_out(device: Device, scope_ids: list[str]) -> DeviceOut:
     return DeviceOut(
-        id=device.id, name=device.name, platform=device.platform, site_class=device.site_class,
-        managed_mode=device.managed_mode, ring=device.ring, scope_ids=scope_ids,
-        last_checkin_at=device.last_checkin_at, inventory_seq=device.inventory_seq,
-        created_at=device.created_at, updated_at=device.updated_at,
+        id=device.id,
+        name=device.name,
+        platform=device.platform,
+        site_class=device.site_class,
+        managed_mode=device.managed_mode,
+        ring=device.ring,
+        scope_ids=scope_ids,
+        last_checkin_at=device.last_checkin_at,
+        inventory_seq=device.inventory_seq,
+        created_at=device.created_at,
+        updated_at=device.updated_at,
     )
 
 
-async def device_for(session: AsyncSession, caller: Caller, device_id: str) -> tuple[Device, list[str]]:
+async def device_for(
+    session: AsyncSession, caller: Caller, device_id: str
+) -> tuple[Device, list[str]]:
     """A device of the caller's tenant within the caller's subtree, with its scope ids."""
     device = await session.get(Device, device_id)
     if device is None or device.tenant_id != caller.tenant_id:
         raise NotFoundError(f"no device {device_id!r}", field="device_id")
-    rows = (await session.execute(
-        select(Scope.id, Scope.path).join(DeviceScope, DeviceScope.scope_id == Scope.id)
-        .where(DeviceScope.device_id == device.id).order_by(Scope.id))).all()
+    rows = (
+        await session.execute(
+            select(Scope.id, Scope.path)
+            .join(DeviceScope, DeviceScope.scope_id == Scope.id)
+            .where(DeviceScope.device_id == device.id)
+            .order_by(Scope.id)
+        )
+    ).all()
     if not any(within(caller, path).allowed for _, path in rows):
         require(within(caller, rows[0][1] if rows else "/"))
     return device, [scope_id for scope_id, _ in rows]
@@ -126,40 +140,73 @@ async def _check_scopes(session: AsyncSession, caller: Caller, scope_ids: list[s
     for scope_id in scope_ids:
         scope = await scope_in_tenant(session, caller, scope_id)
         if scope.level == "organization":
-            raise UnprocessableError("a device joins scopes below the organization",
-                                     field="scope_ids")
+            raise UnprocessableError(
+                "a device joins scopes below the organization", field="scope_ids"
+            )
 
 
-@api.route("POST", "/devices", summary="Register a device", permission="device.write",
-           tag="devices", body=DeviceCreate, response=DeviceOut, status=201)
+@api.route(
+    "POST",
+    "/devices",
+    summary="Register a device",
+    permission="device.write",
+    tag="devices",
+    body=DeviceCreate,
+    response=DeviceOut,
+    status=201,
+)
 async def register_device(req: ApiRequest) -> DeviceOut:
     body = req.body
     assert isinstance(body, DeviceCreate)
     me = req.me
     async with req.state.writing() as session:
         await _check_scopes(session, me, body.scope_ids)
-        taken = await session.execute(select(Device.id).where(
-            Device.tenant_id == me.tenant_id, Device.name == body.name))
+        taken = await session.execute(
+            select(Device.id).where(Device.tenant_id == me.tenant_id, Device.name == body.name)
+        )
         if taken.first() is not None:
             raise ConflictError(f"a device named {body.name!r} is registered", field="name")
-        device = Device(id=new_id("dev"), tenant_id=me.tenant_id, name=body.name,
-                        platform=body.platform, site_class=body.site_class,
-                        managed_mode=body.managed_mode, ring=body.ring, inventory=[],
-                        inventory_seq=-1)
+        device = Device(
+            id=new_id("dev"),
+            tenant_id=me.tenant_id,
+            name=body.name,
+            platform=body.platform,
+            site_class=body.site_class,
+            managed_mode=body.managed_mode,
+            ring=body.ring,
+            inventory=[],
+            inventory_seq=-1,
+        )
         session.add(device)
         await session.flush()
-        session.add_all(DeviceScope(device_id=device.id, scope_id=s, tenant_id=me.tenant_id)
-                        for s in body.scope_ids)
-        await append_event(session, tenant_id=me.tenant_id, type="device_registered",
-                           action="device.register", outcome="success", actor=me.actor,
-                           correlation_id=req.correlation_id, device_id=device.id,
-                           scope_id=body.scope_ids[0],
-                           data={"name": body.name, "managed_mode": body.managed_mode})
+        session.add_all(
+            DeviceScope(device_id=device.id, scope_id=s, tenant_id=me.tenant_id)
+            for s in body.scope_ids
+        )
+        await append_event(
+            session,
+            tenant_id=me.tenant_id,
+            type="device_registered",
+            action="device.register",
+            outcome="success",
+            actor=me.actor,
+            correlation_id=req.correlation_id,
+            device_id=device.id,
+            scope_id=body.scope_ids[0],
+            data={"name": body.name, "managed_mode": body.managed_mode},
+        )
     return device_out(device, sorted(body.scope_ids))
 
 
-@api.route("GET", "/devices", summary="List devices", permission="device.read", tag="devices",
-           query=DeviceQuery, response=DeviceList)
+@api.route(
+    "GET",
+    "/devices",
+    summary="List devices",
+    permission="device.read",
+    tag="devices",
+    query=DeviceQuery,
+    response=DeviceList,
+)
 async def list_devices(req: ApiRequest) -> DeviceList:
     q = req.query
     assert isinstance(q, DeviceQuery)
@@ -169,9 +216,14 @@ async def list_devices(req: ApiRequest) -> DeviceList:
         root_path = me.scope_path
         if q.scope_id is not None:
             root_path = (await scope_in_tenant(session, me, q.scope_id)).path
-        inside = (select(DeviceScope.device_id).join(Scope, Scope.id == DeviceScope.scope_id)
-                  .where(DeviceScope.tenant_id == me.tenant_id,
-                         Scope.path.startswith(root_path, autoescape=True)))
+        inside = (
+            select(DeviceScope.device_id)
+            .join(Scope, Scope.id == DeviceScope.scope_id)
+            .where(
+                DeviceScope.tenant_id == me.tenant_id,
+                Scope.path.startswith(root_path, autoescape=True),
+            )
+        )
         stmt = select(Device).where(Device.tenant_id == me.tenant_id, Device.id.in_(inside))
         if after is not None:
             stmt = stmt.where(Device.id > after)
@@ -179,23 +231,39 @@ async def list_devices(req: ApiRequest) -> DeviceList:
         page, cursor = paginate(rows, q.limit, lambda d: d.id)
         memberships: dict[str, list[str]] = {d.id: [] for d in page}
         for device_id, scope_id in await session.execute(
-                select(DeviceScope.device_id, DeviceScope.scope_id)
-                .where(DeviceScope.device_id.in_(list(memberships)))):
+            select(DeviceScope.device_id, DeviceScope.scope_id).where(
+                DeviceScope.device_id.in_(list(memberships))
+            )
+        ):
             memberships[device_id].append(scope_id)
-    return DeviceList(items=[device_out(d, sorted(memberships[d.id])) for d in page],
-                      next_cursor=cursor)
+    return DeviceList(
+        items=[device_out(d, sorted(memberships[d.id])) for d in page], next_cursor=cursor
+    )
 
 
-@api.route("GET", "/devices/{device_id}", summary="One device", permission="device.read",
-           tag="devices", response=DeviceOut)
+@api.route(
+    "GET",
+    "/devices/{device_id}",
+    summary="One device",
+    permission="device.read",
+    tag="devices",
+    response=DeviceOut,
+)
 async def get_device(req: ApiRequest) -> DeviceOut:
     async with req.state.sessions() as session:
         device, scopes = await device_for(session, req.me, req.path("device_id"))
     return device_out(device, scopes)
 
 
-@api.route("PATCH", "/devices/{device_id}", summary="Change mode, ring, site class or scopes",
-           permission="device.write", tag="devices", body=DeviceUpdate, response=DeviceOut)
+@api.route(
+    "PATCH",
+    "/devices/{device_id}",
+    summary="Change mode, ring, site class or scopes",
+    permission="device.write",
+    tag="devices",
+    body=DeviceUpdate,
+    response=DeviceOut,
+)
 async def update_device(req: ApiRequest) -> DeviceOut:
     body = req.body
     assert isinstance(body, DeviceUpdate)
@@ -206,22 +274,37 @@ async def update_device(req: ApiRequest) -> DeviceOut:
         if body.scope_ids is not None:
             await _check_scopes(session, me, body.scope_ids)
             await session.execute(delete(DeviceScope).where(DeviceScope.device_id == device.id))
-            session.add_all(DeviceScope(device_id=device.id, scope_id=s, tenant_id=me.tenant_id)
-                            for s in body.scope_ids)
+            session.add_all(
+                DeviceScope(device_id=device.id, scope_id=s, tenant_id=me.tenant_id)
+                for s in body.scope_ids
+            )
             scopes = sorted(body.scope_ids)
         for key in ("site_class", "managed_mode", "ring"):
             if key in changes:
                 setattr(device, key, changes[key])
         device.updated_at = utcnow()
         await session.flush()
-        await append_event(session, tenant_id=me.tenant_id, type="device_registered",
-                           action="device.update", outcome="success", actor=me.actor,
-                           correlation_id=req.correlation_id, device_id=device.id,
-                           data={"changes": sorted(changes)})
+        await append_event(
+            session,
+            tenant_id=me.tenant_id,
+            type="device_registered",
+            action="device.update",
+            outcome="success",
+            actor=me.actor,
+            correlation_id=req.correlation_id,
+            device_id=device.id,
+            data={"changes": sorted(changes)},
+        )
         if body.scope_ids is not None and device.inventory_seq >= 0:
             # A new membership changes the device's effective policy: re-evaluate now.
-            await evaluate_device(session, req.state, me.tenant_id, device.id, actor=me.actor,
-                                  correlation_id=req.correlation_id)
+            await evaluate_device(
+                session,
+                req.state,
+                me.tenant_id,
+                device.id,
+                actor=me.actor,
+                correlation_id=req.correlation_id,
+            )
     return device_out(device, scopes)
 
 
@@ -229,59 +312,101 @@ def _rows(packages: list[Package]) -> list[list[Any]]:
     return sorted([p.manager, p.name, p.version, p.pinned] for p in packages)
 
 
-@api.route("POST", "/devices/{device_id}/inventory", summary="Report the installed packages",
-           permission="inventory.report", tag="devices", body=InventoryReport,
-           response=InventoryAccepted)
+@api.route(
+    "POST",
+    "/devices/{device_id}/inventory",
+    summary="Report the installed packages",
+    permission="inventory.report",
+    tag="devices",
+    body=InventoryReport,
+    response=InventoryAccepted,
+)
 async def report_inventory(req: ApiRequest) -> InventoryAccepted:
     body = req.body
     assert isinstance(body, InventoryReport)
     me = req.me
     rows = _rows(body.packages)
     if len({(r[0], r[1]) for r in rows}) != len(rows):
-        raise UnprocessableError("a package is listed twice for the same manager",
-                                 field="packages")
+        raise UnprocessableError("a package is listed twice for the same manager", field="packages")
     async with req.state.writing() as session:
         device, _ = await device_for(session, me, req.path("device_id"))
         if body.sequence < device.inventory_seq:
             raise ConflictError(
                 f"sequence {body.sequence} is older than the applied {device.inventory_seq}",
-                field="sequence", details={"applied_sequence": device.inventory_seq})
+                field="sequence",
+                details={"applied_sequence": device.inventory_seq},
+            )
         if body.sequence == device.inventory_seq:
             if device.inventory != rows:
-                raise ConflictError(f"sequence {body.sequence} was already applied with other "
-                                    "content", field="sequence")
+                raise ConflictError(
+                    f"sequence {body.sequence} was already applied with other content",
+                    field="sequence",
+                )
             record = await session.get(ComplianceRecord, device.id)
-            return InventoryAccepted(device_id=device.id, sequence=body.sequence, accepted=False,
-                                     compliance=_record_json(record))
+            return InventoryAccepted(
+                device_id=device.id,
+                sequence=body.sequence,
+                accepted=False,
+                compliance=_record_json(record),
+            )
         device.inventory = rows
         device.inventory_seq = body.sequence
         device.last_checkin_at = device.updated_at = utcnow()
         await session.flush()
-        await append_event(session, tenant_id=me.tenant_id, type="inventory_reported",
-                           action="inventory.report", outcome="success", actor=me.actor,
-                           correlation_id=req.correlation_id, device_id=device.id,
-                           data={"sequence": body.sequence, "packages": len(rows)})
-        compliance = await evaluate_device(session, req.state, me.tenant_id, device.id,
-                                           actor=me.actor, correlation_id=req.correlation_id)
-    return InventoryAccepted(device_id=device.id, sequence=body.sequence, accepted=True,
-                             compliance=compliance)
+        await append_event(
+            session,
+            tenant_id=me.tenant_id,
+            type="inventory_reported",
+            action="inventory.report",
+            outcome="success",
+            actor=me.actor,
+            correlation_id=req.correlation_id,
+            device_id=device.id,
+            data={"sequence": body.sequence, "packages": len(rows)},
+        )
+        compliance = await evaluate_device(
+            session,
+            req.state,
+            me.tenant_id,
+            device.id,
+            actor=me.actor,
+            correlation_id=req.correlation_id,
+        )
+    return InventoryAccepted(
+        device_id=device.id, sequence=body.sequence, accepted=True, compliance=compliance
+    )
 
 
 def _record_json(record: ComplianceRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    return {"device_id": record.device_id, "state": record.state,
-            "policy_version": record.policy_version, "reason": record.reason,
-            "evaluated_at": record.evaluated_at.isoformat(), "violations": record.violations}
+    return {
+        "device_id": record.device_id,
+        "state": record.state,
+        "policy_version": record.policy_version,
+        "reason": record.reason,
+        "evaluated_at": record.evaluated_at.isoformat(),
+        "violations": record.violations,
+    }
 
 
-@api.route("GET", "/devices/{device_id}/inventory", summary="The last reported inventory",
-           permission="device.read", tag="devices", response=InventoryOut)
+@api.route(
+    "GET",
+    "/devices/{device_id}/inventory",
+    summary="The last reported inventory",
+    permission="device.read",
+    tag="devices",
+    response=InventoryOut,
+)
 async def get_inventory(req: ApiRequest) -> InventoryOut:
     async with req.state.sessions() as session:
         device, _ = await device_for(session, req.me, req.path("device_id"))
     if device.inventory_seq < 0:
         raise NotFoundError("this device has not reported an inventory yet")
-    return InventoryOut(device_id=device.id, sequence=device.inventory_seq, packages=[
-        Package(manager=m, name=n, version=v, pinned=p) for m, n, v, p in device.inventory])
-
+    return InventoryOut(
+        device_id=device.id,
+        sequence=device.inventory_seq,
+        packages=[
+            Package(manager=m, name=n, version=v, pinned=p) for m, n, v, p in device.inventory
+        ],
+    )

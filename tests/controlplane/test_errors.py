@@ -18,8 +18,9 @@ async def test_each_error_status(cp: ControlPlane) -> None:
     t = await cp.tenant()
     viewer = await t.principal("vic", ["viewer"])
 
-    r = await t.owner.post("/api/v1/scopes", data=b"{not json",
-                           headers={"Content-Type": "application/json"})
+    r = await t.owner.post(
+        "/api/v1/scopes", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status == 400 and "not valid JSON" in r.body["error"]["message"]
     assert_shape(r.body, "bad_request")
 
@@ -34,8 +35,9 @@ async def test_each_error_status(cp: ControlPlane) -> None:
     r = await cp.client.as_("gbt_forged").get("/api/v1/whoami")
     assert r.status == 401
 
-    r = await viewer.post("/api/v1/scopes", {"parent_id": t.root, "level": "department",
-                                             "name": "x"})
+    r = await viewer.post(
+        "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "x"}
+    )
     assert r.status == 403
     assert_shape(r.body, "forbidden")
 
@@ -45,18 +47,21 @@ async def test_each_error_status(cp: ControlPlane) -> None:
     assert_shape(r.body, "not_found")
 
     await t.scope(t.root, "department", "dup")
-    r = await t.owner.post("/api/v1/scopes", {"parent_id": t.root, "level": "department",
-                                              "name": "dup"})
+    r = await t.owner.post(
+        "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "dup"}
+    )
     assert r.status == 409
     assert_shape(r.body, "conflict")
 
-    r = await t.owner.post("/api/v1/scopes", {"parent_id": t.root, "level": "department",
-                                              "name": "x", "colour": "red"})
+    r = await t.owner.post(
+        "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "x", "colour": "red"}
+    )
     assert r.status == 422 and r.body["error"]["field"] == "colour"
     assert "unknown field" in r.body["error"]["message"]
 
-    r = await t.owner.post("/api/v1/scopes", data=b"a=b",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = await t.owner.post(
+        "/api/v1/scopes", data=b"a=b", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert r.status == 415
 
     r = await t.owner.request("DELETE", "/api/v1/scopes")
@@ -72,8 +77,9 @@ async def test_payload_too_large_names_the_limit(
     monkeypatch.setenv("GOODBOT_CP_MAX_BODY_BYTES", "4096")
     async with start_control_plane(cp_env) as cp:
         t = await cp.tenant()
-        r = await t.owner.post("/api/v1/scopes", {"parent_id": t.root, "level": "department",
-                                                  "name": "x" * 10_000})
+        r = await t.owner.post(
+            "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "x" * 10_000}
+        )
         assert r.status == 413
         assert_shape(r.body, "payload_too_large")
         assert "4096" in r.body["error"]["message"]

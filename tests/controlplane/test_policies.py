@@ -22,8 +22,9 @@ async def tree(t: Tenant) -> dict[str, str]:
 
 
 def bundle(pid: str, scope: str, version: int = 1, **rules: Any) -> dict[str, Any]:
-    return {"bundle": {"policy_id": pid, "policy_version": version, "scope_bindings": [scope],
-                       **rules}}
+    return {
+        "bundle": {"policy_id": pid, "policy_version": version, "scope_bindings": [scope], **rules}
+    }
 
 
 def pkg(name: str, versions: str | None = None) -> dict[str, Any]:
@@ -35,27 +36,41 @@ def pkg(name: str, versions: str | None = None) -> dict[str, Any]:
 
 # package, expected effect (None = no rule), expected origin level
 PRECEDENCE = [
-    ("a", "allow", "team"),      # org deny, team allow: more specific wins
+    ("a", "allow", "team"),  # org deny, team allow: more specific wins
     ("b", "deny", "device_group"),  # org allow, group deny
     ("c", "deny", "department"),  # allow and deny in two bundles on one level: deny wins
     ("d", "deny", "environment"),  # require and deny on one level: deny wins
-    ("e", "allow", "team"),      # only a team rule
+    ("e", "allow", "team"),  # only a team rule
     ("g", "allow", "environment"),  # org require, environment allow
     ("h", "require", "department"),  # dept require, dept allow: require is stronger than allow
-    ("z", None, None),           # no rule anywhere
+    ("z", None, None),  # no rule anywhere
 ]
 
 
 async def publish_precedence(t: Tenant, s: dict[str, str]) -> None:
     for body in (
-        bundle("org", s["org"], denied_packages=[pkg("a")], allowed_packages=[pkg("b")],
-               required_packages=[pkg("g")]),
-        bundle("dept-allow", s["dept"], allowed_packages=[pkg("c"), pkg("h")],
-               required_packages=[pkg("h")]),
+        bundle(
+            "org",
+            s["org"],
+            denied_packages=[pkg("a")],
+            allowed_packages=[pkg("b")],
+            required_packages=[pkg("g")],
+        ),
+        bundle(
+            "dept-allow",
+            s["dept"],
+            allowed_packages=[pkg("c"), pkg("h")],
+            required_packages=[pkg("h")],
+        ),
         bundle("dept-deny", s["dept"], denied_packages=[pkg("c")], default_package_action="deny"),
         bundle("team", s["team"], allowed_packages=[pkg("a"), pkg("e")]),
-        bundle("env", s["env"], required_packages=[pkg("d")], denied_packages=[pkg("d")],
-               allowed_packages=[pkg("g")]),
+        bundle(
+            "env",
+            s["env"],
+            required_packages=[pkg("d")],
+            denied_packages=[pkg("d")],
+            allowed_packages=[pkg("g")],
+        ),
         bundle("group", s["group"], denied_packages=[pkg("b")]),
     ):
         (await t.owner.post("/api/v1/policies", body)).ok(201)
@@ -65,8 +80,11 @@ async def test_precedence_table_and_provenance(cp: ControlPlane) -> None:
     t = await cp.tenant()
     s = await tree(t)
     await publish_precedence(t, s)
-    device = (await t.owner.post("/api/v1/devices", {
-        "name": "mac-1", "platform": "macos", "scope_ids": [s["group"]]})).ok(201)
+    device = (
+        await t.owner.post(
+            "/api/v1/devices", {"name": "mac-1", "platform": "macos", "scope_ids": [s["group"]]}
+        )
+    ).ok(201)
     eff = (await t.owner.get(f"/api/v1/devices/{device['id']}/effective-policy")).ok()["policy"]
     rules = {r["name"]: r for r in eff["rules"]}
     levels = {v: k for k, v in s.items()}
@@ -76,9 +94,15 @@ async def test_precedence_table_and_provenance(cp: ControlPlane) -> None:
             continue
         rule = rules[name]
         assert (rule["effect"], rule["origin"]["level"]) == (effect, level), name
-        assert levels[rule["origin"]["scope_id"]] == {"team": "team", "device_group": "group",
-                                                      "department": "dept",
-                                                      "environment": "env"}[level]
+        assert (
+            levels[rule["origin"]["scope_id"]]
+            == {
+                "team": "team",
+                "device_group": "group",
+                "department": "dept",
+                "environment": "env",
+            }[level]
+        )
         assert isinstance(rule["origin"]["policy_version"], int)
     # the no-rule row falls to the default action, which names its origin too
     assert eff["default_package_action"] == "deny"
@@ -94,16 +118,22 @@ async def test_precedence_table_and_provenance(cp: ControlPlane) -> None:
 async def test_device_without_bundles_has_no_policy(cp: ControlPlane) -> None:
     t = await cp.tenant()
     dept = await t.scope(t.root, "department", "sales")
-    device = (await t.owner.post("/api/v1/devices", {
-        "name": "pc-1", "platform": "windows", "scope_ids": [dept]})).ok(201)
+    device = (
+        await t.owner.post(
+            "/api/v1/devices", {"name": "pc-1", "platform": "windows", "scope_ids": [dept]}
+        )
+    ).ok(201)
     eff = (await t.owner.get(f"/api/v1/devices/{device['id']}/effective-policy")).ok()
     assert eff["policy"] is None
 
 
 async def test_versions_are_immutable(cp: ControlPlane) -> None:
     t = await cp.tenant()
-    first = (await t.owner.post("/api/v1/policies", bundle("base", t.root, 2,
-                                                           denied_packages=[pkg("telnet")]))).ok(201)
+    first = (
+        await t.owner.post(
+            "/api/v1/policies", bundle("base", t.root, 2, denied_packages=[pkg("telnet")])
+        )
+    ).ok(201)
     assert first["signed_by"] == "control-plane"
     again = await t.owner.post("/api/v1/policies", bundle("base", t.root, 2))
     assert again.status == 409 and again.body["error"]["field"] == "bundle.policy_version"
@@ -124,11 +154,15 @@ def signed(key: Ed25519PrivateKey, key_id: str, body: dict[str, Any]) -> dict[st
 async def test_bad_signature_is_refused_and_previous_version_stays(cp: ControlPlane) -> None:
     t = await cp.tenant()
     key = Ed25519PrivateKey.generate()
-    reg = (await t.owner.post("/api/v1/signing-keys",
-                              {"public_key": public_key_text(key.public_key())})).ok(201)
+    reg = (
+        await t.owner.post(
+            "/api/v1/signing-keys", {"public_key": public_key_text(key.public_key())}
+        )
+    ).ok(201)
     v1 = bundle("authored", t.root, 1, denied_packages=[pkg("telnet")])
     assert (await t.owner.post("/api/v1/policies", signed(key, reg["key_id"], v1))).ok(201)[
-        "signed_by"] == "author"
+        "signed_by"
+    ] == "author"
     v2 = bundle("authored", t.root, 2, denied_packages=[])
     forged = signed(key, reg["key_id"], v1) | {"bundle": v2["bundle"]}  # signature of v1 on v2
     refused = await t.owner.post("/api/v1/policies", forged)
@@ -145,15 +179,24 @@ async def test_bad_signature_is_refused_and_previous_version_stays(cp: ControlPl
 
 async def test_tampered_stored_bundle_is_skipped(cp: ControlPlane) -> None:
     t = await cp.tenant()
-    (await t.owner.post("/api/v1/policies", bundle("p", t.root, 1,
-                                                   denied_packages=[pkg("telnet")]))).ok(201)
-    (await t.owner.post("/api/v1/policies", bundle("p", t.root, 2,
-                                                   denied_packages=[pkg("ftp")]))).ok(201)
+    (
+        await t.owner.post(
+            "/api/v1/policies", bundle("p", t.root, 1, denied_packages=[pkg("telnet")])
+        )
+    ).ok(201)
+    (
+        await t.owner.post("/api/v1/policies", bundle("p", t.root, 2, denied_packages=[pkg("ftp")]))
+    ).ok(201)
     async with cp.state.sessions.begin() as session:
         tampered = bundle("p", t.root, 2, denied_packages=[])["bundle"]
-        await session.execute(update(PolicyBundle).where(
-            PolicyBundle.tenant_id == t.id, PolicyBundle.policy_version == 2,
-        ).values(content=tampered))
+        await session.execute(
+            update(PolicyBundle)
+            .where(
+                PolicyBundle.tenant_id == t.id,
+                PolicyBundle.policy_version == 2,
+            )
+            .values(content=tampered)
+        )
     # a new scope bumps the tenant's policy revision, so the cache reloads from storage
     await t.scope(t.root, "department", "after-tamper")
     listed = (await t.owner.get("/api/v1/policies")).ok()["items"][0]

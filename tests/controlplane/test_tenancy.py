@@ -18,11 +18,13 @@ async def test_scope_tree_levels_are_ordered(cp: ControlPlane) -> None:
     t = await cp.tenant()
     dept = await t.scope(t.root, "department", "engineering")
     team = await t.scope(dept, "team", "platform")
-    bad = await t.owner.post("/api/v1/scopes", {"parent_id": team, "level": "department",
-                                                "name": "nope"})
+    bad = await t.owner.post(
+        "/api/v1/scopes", {"parent_id": team, "level": "department", "name": "nope"}
+    )
     assert bad.status == 422 and bad.body["error"]["field"] == "level"
-    dup = await t.owner.post("/api/v1/scopes", {"parent_id": dept, "level": "team",
-                                                "name": "platform"})
+    dup = await t.owner.post(
+        "/api/v1/scopes", {"parent_id": dept, "level": "team", "name": "platform"}
+    )
     assert dup.status == 409
 
 
@@ -40,10 +42,12 @@ async def test_scope_subtree_limits_a_principal(cp: ControlPlane) -> None:
     eng = await t.scope(t.root, "department", "engineering")
     fin = await t.scope(t.root, "department", "finance")
     eng_admin = await t.principal("eng-admin", ["platform_admin"], eng)
-    assert (await eng_admin.post("/api/v1/scopes", {"parent_id": eng, "level": "team",
-                                                    "name": "web"})).status == 201
-    refused = await eng_admin.post("/api/v1/scopes", {"parent_id": fin, "level": "team",
-                                                      "name": "ap"})
+    assert (
+        await eng_admin.post("/api/v1/scopes", {"parent_id": eng, "level": "team", "name": "web"})
+    ).status == 201
+    refused = await eng_admin.post(
+        "/api/v1/scopes", {"parent_id": fin, "level": "team", "name": "ap"}
+    )
     assert refused.status == 403
     assert (await eng_admin.get(f"/api/v1/scopes/{fin}")).status == 403
 
@@ -51,8 +55,9 @@ async def test_scope_subtree_limits_a_principal(cp: ControlPlane) -> None:
 async def test_roles_gate_actions(cp: ControlPlane) -> None:
     t = await cp.tenant()
     viewer = await t.principal("vera", ["viewer"])
-    r = await viewer.post("/api/v1/scopes", {"parent_id": t.root, "level": "department",
-                                             "name": "x"})
+    r = await viewer.post(
+        "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "x"}
+    )
     assert r.status == 403
     assert "grants scope.write" in r.body["error"]["message"]
 
@@ -60,8 +65,9 @@ async def test_roles_gate_actions(cp: ControlPlane) -> None:
 async def test_gateway_acts_on_behalf_of_a_named_principal(cp: ControlPlane) -> None:
     t = await cp.tenant()
     await t.principal("ana", ["viewer"])
-    gateway = await t.principal("goodbot-gateway", ["viewer"], kind="service",
-                                may_act_for_others=True)
+    gateway = await t.principal(
+        "goodbot-gateway", ["viewer"], kind="service", may_act_for_others=True
+    )
     as_ana = (await gateway.get("/api/v1/whoami", headers={"X-Act-As": "ana"})).ok()
     assert as_ana["name"] == "ana" and as_ana["via"] == "goodbot-gateway"
     plain = await t.principal("bob", ["viewer"])
@@ -73,10 +79,14 @@ async def test_gateway_acts_on_behalf_of_a_named_principal(cp: ControlPlane) -> 
 
 async def test_revoked_token_is_refused(cp: ControlPlane) -> None:
     t = await cp.tenant()
-    created = (await t.owner.post("/api/v1/principals", {"name": "tmp", "roles": ["viewer"],
-                                                         "scope_id": t.root})).ok(201)
-    tok = (await t.owner.post(f"/api/v1/principals/{created['id']}/tokens",
-                              {"name": "short"})).ok(201)
+    created = (
+        await t.owner.post(
+            "/api/v1/principals", {"name": "tmp", "roles": ["viewer"], "scope_id": t.root}
+        )
+    ).ok(201)
+    tok = (await t.owner.post(f"/api/v1/principals/{created['id']}/tokens", {"name": "short"})).ok(
+        201
+    )
     c = t.owner.as_(tok["token"])
     assert (await c.get("/api/v1/whoami")).status == 200
     assert (await t.owner.request("DELETE", f"/api/v1/tokens/{tok['id']}")).status == 204

@@ -1,0 +1,1 @@
+"""goodbot benchmarks: scripts that print figures beside a same-run baseline."""

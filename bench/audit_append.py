@@ -1,0 +1,169 @@
+"""Benchmark: hash-chained audit appends on SQLite, beside plain inserts of the same rows.
+
+Appends events to a temporary, migrated SQLite database (WAL, as the service runs it) through
+``controlplane.events.append_event``, one event per transaction and 100 per transaction, and
+measures the same rows inserted without the chain (no head read or move, no hashing) in the
+same run. Then walks the chain with ``verify_chain``.
+
+    .venv/bin/python bench/audit_append.py [--events 5000] [--verify-events 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sqlite3
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import cast
+
+from sqlalchemy import Table, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from controlplane import db
+from controlplane.events import GENESIS, NewEvent, append_event, append_events, verify_chain
+from controlplane.models import Event, Tenant, utcnow
+
+BATCH = 100
+
+
+def machine() -> str:
+    """One line naming the machine and the software the figures come from."""
+    return (
+        f"{platform.platform()} · {platform.processor() or platform.machine()} · "
+        f"{os.cpu_count()} CPUs · Python {platform.python_version()} · "
+        f"SQLite {sqlite3.sqlite_version}"
+    )
+
+
+def new_event(n: int) -> NewEvent:
+    """A realistic event: a device's compliance evaluation."""
+    return NewEvent(
+        type="compliance_evaluated",
+        action="compliance.evaluate",
+        outcome="non_compliant" if n % 3 == 0 else "compliant",
+        actor="controlplane",
+        correlation_id=f"bench-{n}",
+        scope_id="scp_bench",
+        device_id=f"dev_{n % 500:020d}",
+        policy_version="base@3",
+        data={"violations": n % 3, "reason": "evaluated after inventory report"},
+    )
+
+
+Append = Callable[[AsyncSession, str, range], Awaitable[None]]
+
+
+async def one_by_one(session: AsyncSession, tenant: str, ns: range) -> None:
+    """``append_event`` once per event."""
+    for n in ns:
+        e = new_event(n)
+        await append_event(
+            session,
+            tenant_id=tenant,
+            type=e.type,
+            action=e.action,
+            outcome=e.outcome,
+            actor=e.actor,
+            correlation_id=e.correlation_id,
+            scope_id=e.scope_id,
+            device_id=e.device_id,
+            policy_version=e.policy_version,
+            data=e.data,
+        )
+
+
+async def batched(session: AsyncSession, tenant: str, ns: range) -> None:
+    """``append_events`` once for the whole transaction."""
+    await append_events(session, tenant, [new_event(n) for n in ns])
+
+
+async def plain(session: AsyncSession, tenant: str, ns: range) -> None:
+    """The same rows in the same multi-row INSERT, with no chain: no head, no hashing."""
+    table = cast(Table, Event.__table__)
+    rows = []
+    for n in ns:
+        e = asdict(new_event(n))
+        rows.append(
+            {
+                **e,
+                "tenant_id": tenant,
+                "seq": n + 1,
+                "timestamp": utcnow(),
+                "prev_hash": GENESIS,
+                "hash": GENESIS,
+            }
+        )
+    conn = await session.connection()
+    await conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+
+
+async def run(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant: str,
+    append: Append,
+    events: int,
+    per_transaction: int,
+) -> float:
+    """Events per second appending ``events`` events, ``per_transaction`` per transaction."""
+    start = time.perf_counter()
+    for first in range(0, events, per_transaction):
+        async with sessions.begin() as session:
+            await append(session, tenant, range(first, min(first + per_transaction, events)))
+    return events / (time.perf_counter() - start)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=5000, help="events per measurement")
+    parser.add_argument(
+        "--verify-events", type=int, default=100_000, help="chain length to verify (0 skips)"
+    )
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = db.create_engine(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}")
+        await db.migrate(engine)
+        sessions = db.session_factory(engine)
+        figures: list[tuple[str, Append, int]] = [
+            ("plain insert, 1 per transaction", plain, 1),
+            ("append_event, 1 per transaction", one_by_one, 1),
+            (f"plain insert, {BATCH} per transaction", plain, BATCH),
+            (f"append_event x {BATCH} per transaction", one_by_one, BATCH),
+            (f"append_events({BATCH}) per transaction", batched, BATCH),
+        ]
+        async with sessions.begin() as session:
+            session.add_all(Tenant(id=f"ten_{n}", name=f"t{n}") for n in range(len(figures) + 2))
+        await run(sessions, "ten_0", one_by_one, 500, 1)  # warm up caches and the WAL file
+        print(f"{args.events} events per measurement, SQLite WAL, synchronous=NORMAL")
+        rates = []
+        for n, (label, append, per_tx) in enumerate(figures, start=1):
+            rates.append(await run(sessions, f"ten_{n}", append, args.events, per_tx))
+            print(f"  {label:<40} {rates[-1]:>9,.0f} events/s")
+        print(f"  chained at 1 per transaction: {rates[1] / rates[0]:.0%} of plain inserts")
+        print(
+            f"  chained at {BATCH} per transaction: {rates[3] / rates[2]:.0%} (per call),"
+            f" {rates[4] / rates[2]:.0%} (batch) of plain inserts"
+        )
+        if args.verify_events:
+            verify = f"ten_{len(figures) + 1}"
+            await run(sessions, verify, batched, args.verify_events, 1000)
+            start = time.perf_counter()
+            async with sessions() as session:
+                report = await verify_chain(session, verify)
+            took = time.perf_counter() - start
+            assert report.ok, report
+            print(
+                f"  verify_chain over {report.checked:,} events: {took:.2f} s"
+                f" ({report.checked / took:,.0f} events/s)"
+            )
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

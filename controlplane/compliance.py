@@ -1,0 +1,821 @@
+"""Control plane compliance: evaluate devices, store their records and keep scope counts current.
+
+Two paths write compliance state:
+
+- ``evaluate_device`` runs inside the caller's write transaction (an inventory report, a device
+  update) and moves the scope pre-aggregates by the device's change alone, so a summary read
+  never counts anything.
+- ``recompute_tenant`` re-evaluates a whole tenant after a policy change, in chunks of devices
+  read with Core selects and written with bulk statements, then rebuilds the tenant's scope
+  counts in one pass. ``recompute_worker`` runs it for queued ``compliance_recompute`` jobs.
+
+Scope counts (``ScopeCount``) hold, per scope, the number of devices of its subtree in each
+state (``kind="state"``) and with at least one finding of each category (``kind="category"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, cast
+
+from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane import drift
+from controlplane.effective import Origin
+from controlplane.events import NewEvent, append_event, append_events
+from controlplane.models import (
+    ComplianceRecord,
+    Device,
+    DeviceScope,
+    Job,
+    ScopeCount,
+    Violation,
+    new_id,
+    utcnow,
+)
+from controlplane.policy_store import TenantPolicy, device_scope_ids, load_tenant_policy
+from controlplane.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+JOB_KIND: Final = "compliance_recompute"
+"""``Job.kind`` of a tenant-wide recompute."""
+SYSTEM_ACTOR: Final = "controlplane"
+"""Actor recorded for evaluations the service starts by itself."""
+CHUNK_SIZE: Final = 1000
+"""Devices per recompute transaction: large enough to amortize statements, small enough that
+an inventory report waits at most one chunk for the SQLite write lock."""
+POLL_SECONDS: Final = 5.0
+"""How often the worker looks for jobs without a wake-up (jobs queued by another replica)."""
+STALE_SWEEP_SECONDS: Final = 300.0
+"""How often the worker re-evaluates devices whose check-in went stale since their last
+evaluation; nothing else would move them to ``unknown``."""
+
+_RECORDS = cast(Table, ComplianceRecord.__table__)
+_VIOLATIONS = cast(Table, Violation.__table__)
+_COUNTS = cast(Table, ScopeCount.__table__)
+
+
+def record_json(record: ComplianceRecord) -> dict[str, Any]:
+    """The JSON form of a stored compliance record (what ``evaluate_device`` returns)."""
+    return {
+        "device_id": record.device_id,
+        "state": record.state,
+        "policy_version": record.policy_version or None,
+        "evaluated_at": record.evaluated_at.isoformat(),
+        "reason": record.reason,
+        "violations": record.violations,
+    }
+
+
+def managers_origin(policy: TenantPolicy, scope_set: frozenset[str]) -> Origin | None:
+    """The most specific bundle that names managed managers for a scope set.
+
+    ``EffectivePolicy`` unions ``managed_managers`` without recording where they came from;
+    ``unmanaged_toolchain`` findings are attributed to this bundle instead.
+    """
+    best: tuple[int, str, Origin] | None = None
+    for bundle in policy.bundles:
+        if not bundle.managed_managers:
+            continue
+        for scope_id in bundle.scope_bindings:
+            scope = policy.scopes.get(scope_id)
+            if scope is None or scope_id not in scope_set:
+                continue
+            candidate = (scope.rank, f"{bundle.policy_id}:{scope_id}")
+            if best is None or candidate > best[:2]:
+                origin = Origin(scope_id, scope.level, bundle.policy_id, bundle.policy_version)
+                best = (*candidate, origin)
+    return None if best is None else best[2]
+
+
+_DEVICE_COLUMNS: Final = (
+    Device.id,
+    Device.managed_mode,
+    Device.last_checkin_at,
+    Device.inventory_seq,
+    Device.inventory,
+)
+"""What evaluation reads of a device, as a Core select (ORM objects cost too much per row)."""
+
+
+@dataclass
+class _Evaluator:
+    """Evaluates devices of one tenant at one policy revision, resolving each distinct
+    membership list once."""
+
+    policy: TenantPolicy
+    stale_after: timedelta
+    memo: dict[
+        tuple[str, ...], tuple[frozenset[str], drift.PolicyChecker | None, Origin | None]
+    ] = field(default_factory=dict)
+
+    def scope_set(self, scope_ids: tuple[str, ...]) -> frozenset[str]:
+        return self._resolve(scope_ids)[0]
+
+    def evaluate(
+        self, scope_ids: tuple[str, ...], device: Sequence[Any], now: datetime
+    ) -> drift.Evaluation:
+        """Evaluate a row of ``_DEVICE_COLUMNS``."""
+        _, effective, origin = self._resolve(scope_ids)
+        _, mode, checkin, seq, inventory = device[:5]
+        return drift.evaluate(
+            effective,
+            inventory if seq >= 0 else None,
+            last_checkin_at=checkin,
+            now=now,
+            stale_after=self.stale_after,
+            unmanaged=mode == "unmanaged",
+            managers_origin=origin,
+        )
+
+    def _resolve(
+        self, scope_ids: tuple[str, ...]
+    ) -> tuple[frozenset[str], drift.PolicyChecker | None, Origin | None]:
+        hit = self.memo.get(scope_ids)
+        if hit is None:
+            ids = list(scope_ids)
+            scope_set = self.policy.scope_set(ids)
+            effective = self.policy.effective(ids)
+            checker = None if effective is None else drift.PolicyChecker(effective)
+            hit = (scope_set, checker, managers_origin(self.policy, scope_set))
+            self.memo[scope_ids] = hit
+        return hit
+
+
+def _violation_rows(
+    tenant_id: str, device_id: str, findings: Iterable[drift.Finding]
+) -> list[dict[str, Any]]:
+    keys = ("tenant_id", "device_id", "category", "manager", "package")
+    return [
+        dict(zip(keys, (tenant_id, device_id, f.category, f.manager, f.package), strict=True))
+        for f in findings
+    ]
+
+
+def _count_rows(
+    tenant_id: str, counts: Mapping[tuple[str, str, str], int], now: datetime
+) -> list[dict[str, Any]]:
+    keys = ("scope_id", "kind", "key", "tenant_id", "count", "updated_at")
+    return [
+        dict(zip(keys, (scope_id, kind, key, tenant_id, n, now), strict=True))
+        for (scope_id, kind, key), n in sorted(counts.items())
+    ]
+
+
+async def _lock_counts(session: AsyncSession, tenant_id: str) -> None:
+    """Serialize count changes of one tenant with its rebuild (PostgreSQL).
+
+    Without it a rebuild that read the records before a concurrent evaluation committed would
+    overwrite that evaluation's delta. SQLite writers are serialized already.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"scope_counts:{tenant_id}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _upsert(session: AsyncSession, table: Table, *, add: str | None = None) -> Any:
+    """``INSERT … ON CONFLICT (primary key) DO UPDATE`` for this dialect.
+
+    Every non-key column takes the new value, except ``add``, which adds it (a count delta).
+    """
+    dialect = session.get_bind().dialect.name
+    cached = _UPSERTS.get((dialect, table.name, add))
+    if cached is not None:
+        return cached
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    keys = [c.name for c in table.primary_key.columns]
+    values = {
+        c.name: (table.c[c.name] + stmt.excluded[c.name])
+        if c.name == add
+        else stmt.excluded[c.name]
+        for c in table.columns
+        if c.name not in keys
+    }
+    upsert = _UPSERTS[dialect, table.name, add] = stmt.on_conflict_do_update(
+        index_elements=keys, set_=values
+    )
+    return upsert
+
+
+_UPSERTS: dict[tuple[str, str, str | None], Any] = {}
+"""Built once per dialect: building the statement costs more than running it."""
+
+
+def _count_deltas(
+    old_state: str | None,
+    old_categories: Iterable[str],
+    new_state: str,
+    new_categories: Iterable[str],
+) -> dict[tuple[str, str], int]:
+    deltas: Counter[tuple[str, str]] = Counter()
+    if old_state is not None:
+        deltas["state", old_state] -= 1
+        for category in set(old_categories):
+            deltas["category", category] -= 1
+    deltas["state", new_state] += 1
+    for category in set(new_categories):
+        deltas["category", category] += 1
+    return {k: v for k, v in deltas.items() if v != 0}
+
+
+def _record(
+    device_id: str, evaluation: drift.Evaluation, at: datetime, violations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "state": evaluation.state,
+        "policy_version": evaluation.policy_version or None,
+        "evaluated_at": at.isoformat(),
+        "reason": evaluation.reason,
+        "violations": violations,
+    }
+
+
+async def evaluate_device(
+    session: AsyncSession,
+    state: ServiceState,
+    tenant_id: str,
+    device_id: str,
+    *,
+    actor: str,
+    correlation_id: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Evaluate one device in the caller's write transaction and store the result.
+
+    Replaces the device's compliance record (and its violation rows, when the findings
+    changed), moves the scope counts of every scope in its scope set (ancestors included)
+    from its previous state and categories to the new ones, and appends
+    ``compliance_evaluated`` (and ``drift_detected`` when there are findings).
+
+    Args:
+        session: a session in a write transaction (``ServiceState.writing``).
+        state: the service state.
+        tenant_id: the device's tenant.
+        device_id: the device.
+        actor: who caused the evaluation, for the events.
+        correlation_id: the request id, for the events.
+        now: evaluation time; defaults to the current time.
+
+    Returns:
+        The stored record as JSON (see ``record_json``).
+    """
+    now = now or utcnow()
+    policy = await load_tenant_policy(session, state, tenant_id)
+    await _lock_counts(session, tenant_id)
+    # Core statements throughout: this runs inside every inventory report, and the ORM's unit
+    # of work cost more than the statements themselves.
+    memberships = (
+        select(func.aggregate_strings(DeviceScope.scope_id, ","))
+        .where(DeviceScope.device_id == Device.id)
+        .scalar_subquery()
+    )
+    device = (
+        await session.execute(
+            select(*_DEVICE_COLUMNS, memberships, _RECORDS.c.state, _RECORDS.c.violations)
+            .outerjoin(_RECORDS, _RECORDS.c.device_id == Device.id)
+            .where(Device.id == device_id, Device.tenant_id == tenant_id)
+        )
+    ).one()
+    joined, old_state, old_violations = device[-3], device[-2], device[-1] or []
+    scope_ids = tuple(sorted(joined.split(","))) if joined else ()
+    evaluator = _Evaluator(policy, state.settings.stale_checkin_after)
+    evaluation = evaluator.evaluate(scope_ids, device, now)
+    violations = [f.as_dict() for f in evaluation.findings]
+    await session.execute(
+        _upsert(session, _RECORDS),
+        {
+            "device_id": device_id,
+            "tenant_id": tenant_id,
+            "state": evaluation.state,
+            "policy_version": evaluation.policy_version,
+            "reason": evaluation.reason,
+            "violations": violations,
+            "evaluated_at": now,
+        },
+    )
+    if violations != old_violations:
+        await session.execute(delete(_VIOLATIONS).where(_VIOLATIONS.c.device_id == device_id))
+        if violations:
+            rows = _violation_rows(tenant_id, device_id, evaluation.findings)
+            await session.execute(insert(_VIOLATIONS), rows)
+    old_categories = {v["category"] for v in old_violations}
+    deltas = _count_deltas(old_state, old_categories, evaluation.state, evaluation.categories)
+    scope_set = evaluator.scope_set(scope_ids)
+    if deltas and scope_set:
+        counts = {
+            (scope_id, kind, key): delta
+            for scope_id in scope_set
+            for (kind, key), delta in deltas.items()
+        }
+        await session.execute(
+            _upsert(session, _COUNTS, add="count"), _count_rows(tenant_id, counts, now)
+        )
+    await append_events(
+        session,
+        tenant_id,
+        _device_events(
+            evaluation, violations, old_state, scope_ids, device_id, actor, correlation_id, now
+        ),
+    )
+    return _record(device_id, evaluation, now, violations)
+
+
+def _device_events(
+    evaluation: drift.Evaluation,
+    violations: list[dict[str, Any]],
+    old_state: str | None,
+    scope_ids: Sequence[str],
+    device_id: str,
+    actor: str,
+    correlation_id: str,
+    now: datetime,
+) -> list[NewEvent]:
+    common: dict[str, Any] = {
+        "action": "compliance.evaluate",
+        "outcome": evaluation.state,
+        "actor": actor,
+        "correlation_id": correlation_id,
+        "scope_id": scope_ids[0] if scope_ids else None,
+        "device_id": device_id,
+        "policy_version": evaluation.policy_version or None,
+        "timestamp": now,
+    }
+    data = {
+        "state": evaluation.state,
+        "previous_state": old_state,
+        "reason": evaluation.reason,
+        "violations": len(violations),
+    }
+    events = [NewEvent(type="compliance_evaluated", data=data, **common)]
+    if evaluation.findings:
+        managers = {f.manager for f in evaluation.findings}
+        drifted = {
+            "categories": dict(Counter(f.category for f in evaluation.findings)),
+            "violations": [
+                {k: v[k] for k in ("category", "manager", "package", "action")}
+                for v in violations[:50]
+            ],
+        }
+        manager = next(iter(managers)) if len(managers) == 1 else None
+        events.append(NewEvent(type="drift_detected", manager=manager, data=drifted, **common))
+    return events
+
+
+async def withdraw_device(
+    session: AsyncSession, state: ServiceState, tenant_id: str, device_id: str
+) -> None:
+    """Take a device out of the scope counts and drop its record, in the caller's transaction.
+
+    Call it before a device's scope memberships change (then ``evaluate_device`` after the
+    change counts it under the new scopes) or before the device is deleted: the counts are
+    kept per scope, so they must be moved while the old memberships are still known.
+    """
+    await _lock_counts(session, tenant_id)
+    record = (
+        await session.execute(
+            select(_RECORDS.c.state, _RECORDS.c.violations).where(_RECORDS.c.device_id == device_id)
+        )
+    ).first()
+    if record is None:
+        return
+    policy = await load_tenant_policy(session, state, tenant_id)
+    scope_set = policy.scope_set(await device_scope_ids(session, device_id))
+    deltas = {("state", record.state): -1}
+    deltas.update((("category", v["category"]), -1) for v in record.violations)
+    counts = {(s, kind, key): d for s in scope_set for (kind, key), d in deltas.items()}
+    if counts:
+        await session.execute(
+            _upsert(session, _COUNTS, add="count"), _count_rows(tenant_id, counts, utcnow())
+        )
+    await session.execute(delete(_VIOLATIONS).where(_VIOLATIONS.c.device_id == device_id))
+    await session.execute(delete(_RECORDS).where(_RECORDS.c.device_id == device_id))
+
+
+async def schedule_recompute(
+    session: AsyncSession,
+    state: ServiceState,
+    tenant_id: str,
+    *,
+    reason: str,
+    actor: str,
+    correlation_id: str,
+) -> str:
+    """Queue a tenant-wide recompute in the caller's transaction and return the job id.
+
+    The caller commits and then calls ``state.wake("recompute")``; pending jobs of one tenant
+    are run together, since one recompute after the last change covers them all.
+    """
+    del state  # Part of the signature so a later queue (another table, a broker) fits it.
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        kind=JOB_KIND,
+        status="pending",
+        result={"reason": reason[:200], "requested_by": actor, "correlation_id": correlation_id},
+        created_at=utcnow(),
+    )
+    session.add(job)
+    await session.flush()
+    return job.id
+
+
+@dataclass(frozen=True, slots=True)
+class RecomputeResult:
+    """What a tenant-wide recompute did."""
+
+    devices: int
+    """Devices evaluated."""
+    by_state: dict[str, int]
+    """Devices per compliance state."""
+    by_category: dict[str, int]
+    """Devices with at least one finding per drift category."""
+    violations: int
+    """Findings written."""
+    evaluate_seconds: float
+    """Time spent reading, evaluating and writing device records."""
+    rebuild_seconds: float
+    """Time spent rebuilding the scope counts."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "by_state": self.by_state,
+            "by_category": self.by_category,
+            "violations": self.violations,
+            "evaluate_ms": round(self.evaluate_seconds * 1000),
+            "rebuild_ms": round(self.rebuild_seconds * 1000),
+        }
+
+
+async def recompute_tenant(
+    state: ServiceState,
+    tenant_id: str,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    now: datetime | None = None,
+) -> RecomputeResult:
+    """Re-evaluate every device of a tenant, then rebuild its scope counts.
+
+    Each chunk is its own write transaction, so inventory reports interleave with a long
+    recompute; the chunk re-reads its devices inside the transaction, so a report that landed
+    earlier is never overwritten by an older evaluation. Records of devices that no longer
+    exist are removed, because chunks delete whole id ranges before inserting.
+    """
+    now = now or utcnow()
+    started = time.perf_counter()
+    async with state.sessions() as session:
+        policy = await load_tenant_policy(session, state, tenant_id)
+    evaluator = _Evaluator(policy, state.settings.stale_checkin_after)
+    tally = _Tally()
+    after: str | None = ""
+    while after is not None:
+        with _gc_paused():
+            after = await _recompute_chunk(
+                state, evaluator, tenant_id, after, chunk_size, now, tally
+            )
+        # Let requests that queued behind this chunk run before the next one starts.
+        await asyncio.sleep(0)
+    evaluated = time.perf_counter()
+    await rebuild_scope_counts(state, tenant_id, now=now)
+    return RecomputeResult(
+        tally.devices,
+        dict(tally.by_state),
+        dict(tally.by_category),
+        tally.violations,
+        evaluated - started,
+        time.perf_counter() - evaluated,
+    )
+
+
+@dataclass
+class _Tally:
+    devices: int = 0
+    violations: int = 0
+    by_state: Counter[str] = field(default_factory=Counter)
+    by_category: Counter[str] = field(default_factory=Counter)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one chunk.
+
+    A chunk decodes a few hundred thousand inventory rows that live until it is written; the
+    collections their allocation triggers traverse them again and again, which measured at
+    about a third of a recompute. The rows hold no cycles, so reference counting frees them.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+async def _recompute_chunk(
+    state: ServiceState,
+    evaluator: _Evaluator,
+    tenant_id: str,
+    after: str,
+    size: int,
+    now: datetime,
+    tally: _Tally,
+) -> str | None:
+    """Evaluate and store the devices after ``after``; returns the next chunk's lower bound."""
+    async with state.writing() as session:
+        rows = (
+            await session.execute(
+                select(*_DEVICE_COLUMNS)
+                .where(Device.tenant_id == tenant_id, Device.id > after)
+                .order_by(Device.id)
+                .limit(size)
+            )
+        ).all()
+        upper = rows[-1].id if len(rows) == size else None
+        members = await _memberships(session, tenant_id, after, upper)
+        records: list[dict[str, Any]] = []
+        findings: list[dict[str, Any]] = []
+        for row in rows:
+            device_id = row[0]
+            evaluation = evaluator.evaluate(members.get(device_id, ()), row, now)
+            records.append(
+                {
+                    "device_id": device_id,
+                    "tenant_id": tenant_id,
+                    "state": evaluation.state,
+                    "policy_version": evaluation.policy_version,
+                    "reason": evaluation.reason,
+                    "violations": [f.as_dict() for f in evaluation.findings],
+                    "evaluated_at": now,
+                }
+            )
+            findings.extend(_violation_rows(tenant_id, device_id, evaluation.findings))
+            tally.by_state[evaluation.state] += 1
+            tally.by_category.update(evaluation.categories)
+        for table in (_RECORDS, _VIOLATIONS):
+            stmt = delete(table).where(table.c.tenant_id == tenant_id, table.c.device_id > after)
+            if upper is not None:
+                stmt = stmt.where(table.c.device_id <= upper)
+            await session.execute(stmt)
+        if records:
+            await session.execute(insert(_RECORDS), records)
+        if findings:
+            await session.execute(insert(_VIOLATIONS), findings)
+    tally.devices += len(records)
+    tally.violations += len(findings)
+    return upper
+
+
+async def _memberships(
+    session: AsyncSession, tenant_id: str, after: str, upper: str | None
+) -> dict[str, tuple[str, ...]]:
+    stmt = select(DeviceScope.device_id, DeviceScope.scope_id).where(
+        DeviceScope.tenant_id == tenant_id, DeviceScope.device_id > after
+    )
+    if upper is not None:
+        stmt = stmt.where(DeviceScope.device_id <= upper)
+    members: defaultdict[str, list[str]] = defaultdict(list)
+    for device_id, scope_id in await session.execute(stmt):
+        members[device_id].append(scope_id)
+    return {device_id: tuple(sorted(ids)) for device_id, ids in members.items()}
+
+
+async def rebuild_scope_counts(
+    state: ServiceState, tenant_id: str, *, now: datetime | None = None
+) -> int:
+    """Recount a tenant's scope counts from its records in one transaction; returns the rows.
+
+    Devices are grouped by membership list first, so each distinct list is expanded to its
+    scope set once rather than once per device.
+    """
+    now = now or utcnow()
+    async with state.writing() as session:
+        await _lock_counts(session, tenant_id)
+        policy = await load_tenant_policy(session, state, tenant_id)
+        members = await _memberships(session, tenant_id, "", None)
+        states = await session.execute(
+            select(_RECORDS.c.device_id, _RECORDS.c.state).where(_RECORDS.c.tenant_id == tenant_id)
+        )
+        grouped: Counter[tuple[tuple[str, ...], str, str]] = Counter()
+        for device_id, device_state in states:
+            grouped[members.get(device_id, ()), "state", device_state] += 1
+        categories = await session.execute(
+            select(_VIOLATIONS.c.device_id, _VIOLATIONS.c.category)
+            .where(_VIOLATIONS.c.tenant_id == tenant_id)
+            .distinct()
+        )
+        for device_id, category in categories:
+            grouped[members.get(device_id, ()), "category", category] += 1
+        counts: Counter[tuple[str, str, str]] = Counter()
+        expanded: dict[tuple[str, ...], frozenset[str]] = {}
+        for (scope_ids, kind, key), n in grouped.items():
+            scope_set = expanded.get(scope_ids)
+            if scope_set is None:
+                scope_set = expanded[scope_ids] = policy.scope_set(list(scope_ids))
+            for scope_id in scope_set:
+                counts[scope_id, kind, key] += n
+        # Every scope gets its four state rows, so an empty subtree still has an updated_at.
+        for scope_id in policy.scopes:
+            for key in drift.STATES:
+                counts[scope_id, "state", key] += 0
+        await session.execute(delete(_COUNTS).where(_COUNTS.c.tenant_id == tenant_id))
+        if counts:
+            await session.execute(insert(_COUNTS), _count_rows(tenant_id, counts, now))
+    return len(counts)
+
+
+async def run_next_job(state: ServiceState) -> bool:
+    """Claim every pending recompute job of one tenant, run it, record the outcome.
+
+    Returns:
+        Whether there was a job (so the caller loops until the queue is empty).
+    """
+    async with state.writing() as session:
+        tenant_id = (
+            await session.execute(
+                select(Job.tenant_id)
+                .where(Job.kind == JOB_KIND, Job.status == "pending")
+                .order_by(Job.created_at, Job.id)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if tenant_id is None:
+            return False
+        # One conditional UPDATE claims them, so two replicas never run the same job.
+        claimed = list(
+            await session.execute(
+                update(Job)
+                .where(Job.tenant_id == tenant_id, Job.kind == JOB_KIND, Job.status == "pending")
+                .values(status="running")
+                .returning(Job.id, Job.result)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    if not claimed:
+        return True
+    correlation_id = f"recompute-{uuid.uuid4().hex[:12]}"
+    try:
+        result = await recompute_tenant(state, tenant_id)
+    except Exception as exc:
+        log.exception(
+            "compliance recompute failed",
+            extra={"tenant_id": tenant_id, "jobs": [j for j, _ in claimed]},
+        )
+        await _finish(
+            state, tenant_id, claimed, "failed", {"error": type(exc).__name__}, correlation_id
+        )
+        return True
+    await _finish(state, tenant_id, claimed, "done", result.as_dict(), correlation_id)
+    log.info(
+        "compliance recompute done",
+        extra={"tenant_id": tenant_id, "devices": result.devices, "jobs": len(claimed)},
+    )
+    return True
+
+
+async def _finish(
+    state: ServiceState,
+    tenant_id: str,
+    claimed: Sequence[tuple[str, Mapping[str, Any]]],
+    status: str,
+    outcome: dict[str, Any],
+    correlation_id: str,
+) -> None:
+    ids = [job_id for job_id, _ in claimed]
+    async with state.writing() as session:
+        finished = utcnow()
+        for job_id, requested in claimed:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status=status,
+                    finished_at=finished,
+                    result={**requested, **outcome, "jobs_coalesced": ids},
+                )
+                .execution_options(synchronize_session=False)
+            )
+        # One summary event per run: a fleet-wide recompute would otherwise append tens of
+        # thousands of chained events one at a time.
+        await append_event(
+            session,
+            tenant_id=tenant_id,
+            type="compliance_evaluated",
+            action="compliance.recompute",
+            outcome=status,
+            actor=SYSTEM_ACTOR,
+            correlation_id=correlation_id,
+            task_id=ids[0],
+            data={"jobs": ids, **outcome},
+        )
+        if status == "done" and outcome.get("by_category"):
+            await append_event(
+                session,
+                tenant_id=tenant_id,
+                type="drift_detected",
+                action="compliance.recompute",
+                outcome="drift",
+                actor=SYSTEM_ACTOR,
+                correlation_id=correlation_id,
+                task_id=ids[0],
+                data={"jobs": ids, "by_category": outcome["by_category"]},
+            )
+
+
+async def sweep_stale(state: ServiceState, *, now: datetime | None = None) -> int:
+    """Re-evaluate devices whose check-in went stale since they were last evaluated.
+
+    Returns:
+        How many devices were re-evaluated (and so became ``unknown``).
+    """
+    now = now or utcnow()
+    cutoff = now - state.settings.stale_checkin_after
+    async with state.sessions() as session:
+        rows = (
+            await session.execute(
+                select(Device.tenant_id, Device.id)
+                .join(ComplianceRecord, ComplianceRecord.device_id == Device.id)
+                .where(ComplianceRecord.state != "unknown", Device.last_checkin_at < cutoff)
+                .order_by(Device.tenant_id, Device.id)
+                .limit(CHUNK_SIZE)
+            )
+        ).all()
+    by_tenant: defaultdict[str, list[str]] = defaultdict(list)
+    for tenant_id, device_id in rows:
+        by_tenant[tenant_id].append(device_id)
+    correlation_id = f"stale-sweep-{uuid.uuid4().hex[:12]}"
+    for tenant_id, device_ids in by_tenant.items():
+        async with state.writing() as session:
+            for device_id in device_ids:
+                await evaluate_device(
+                    session,
+                    state,
+                    tenant_id,
+                    device_id,
+                    actor=SYSTEM_ACTOR,
+                    correlation_id=correlation_id,
+                    now=now,
+                )
+    return len(rows)
+
+
+async def _requeue_interrupted(state: ServiceState) -> None:
+    # A job left running by a crashed process would never finish. Only SQLite, where this
+    # process is the sole worker, can tell that it is interrupted rather than running
+    # elsewhere; a recompute is idempotent, so running it again is safe.
+    if state.engine.dialect.name != "sqlite":
+        return
+    async with state.writing() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.kind == JOB_KIND, Job.status == "running")
+            .values(status="pending")
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def _run_forever(state: ServiceState) -> None:
+    wake = state.wakeups.setdefault("recompute", asyncio.Event())
+    loop = asyncio.get_running_loop()
+    next_sweep = loop.time()
+    await _requeue_interrupted(state)
+    while True:
+        # Cleared before looking, so a wake-up that arrives during a job is not lost.
+        wake.clear()
+        try:
+            while await run_next_job(state):
+                pass
+            if loop.time() >= next_sweep:
+                await sweep_stale(state)
+                next_sweep = loop.time() + STALE_SWEEP_SECONDS
+        except Exception:
+            log.exception("compliance worker iteration failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+
+
+async def recompute_worker(state: ServiceState) -> AsyncIterator[None]:
+    """Background duty (an aiohttp cleanup context): run queued recomputes and stale sweeps."""
+    task = asyncio.create_task(_run_forever(state), name="compliance-recompute")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
