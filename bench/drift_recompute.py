@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import random
@@ -72,7 +73,8 @@ class Fleet:
         self.rng = rng
         weights = (40, 25, 25, 9, 1)
         self.catalog = [
-            (rng.choices(MANAGERS, weights)[0], f"pkg-{i:04d}", self._version()) for i in range(5000)
+            (rng.choices(MANAGERS, weights)[0], f"pkg-{i:04d}", self._version())
+            for i in range(5000)
         ]
         self.scopes: list[dict[str, Any]] = []
         self.leaves: list[str] = []
@@ -96,8 +98,15 @@ class Fleet:
     def _scope(self, parent: str | None, parent_path: str, level: str, name: str) -> str:
         scope_id = f"scp_{len(self.scopes):04d}"
         self.scopes.append(
-            {"id": scope_id, "tenant_id": TENANT, "parent_id": parent, "level": level,
-             "name": name, "path": f"{parent_path}{scope_id}/", "created_at": utcnow()}
+            {
+                "id": scope_id,
+                "tenant_id": TENANT,
+                "parent_id": parent,
+                "level": level,
+                "name": name,
+                "path": f"{parent_path}{scope_id}/",
+                "created_at": utcnow(),
+            }
         )
         return scope_id
 
@@ -122,13 +131,16 @@ class Fleet:
                     "policy_id": f"{level}-{scope_id}",
                     "policy_version": 1,
                     "scope_bindings": [scope_id],
-                    "required_packages": [self._rule(p, ranged=i % 2 == 0)
-                                          for i, p in enumerate(required)],
+                    "required_packages": [
+                        self._rule(p, ranged=i % 2 == 0) for i, p in enumerate(required)
+                    ],
                     "allowed_packages": [self._rule(p, ranged=True) for p in allowed],
-                    "denied_packages": [self._rule(p, ranged=i % 3 == 0)
-                                        for i, p in enumerate(denied)],
-                    "pin_rules": [{"manager": m, "name": name, "version": v}
-                                  for m, name, v in pinned],
+                    "denied_packages": [
+                        self._rule(p, ranged=i % 3 == 0) for i, p in enumerate(denied)
+                    ],
+                    "pin_rules": [
+                        {"manager": m, "name": name, "version": v} for m, name, v in pinned
+                    ],
                 }
                 if level == "organization":
                     doc["managed_managers"] = MANAGED
@@ -139,8 +151,11 @@ class Fleet:
     def _rule(pkg: tuple[str, str, str], *, ranged: bool) -> dict[str, Any]:
         manager, name, version = pkg
         major = int(version.split(".")[0])
-        return {"manager": manager, "name": name,
-                "versions": f">={major}.0,<{major + 1}" if ranged else None}
+        return {
+            "manager": manager,
+            "name": name,
+            "versions": f">={major}.0,<{major + 1}" if ranged else None,
+        }
 
     def device_rows(
         self, bundles: list[dict[str, Any]]
@@ -158,11 +173,16 @@ class Fleet:
             governed[leaf] = [
                 (share, r["manager"], r["name"])
                 for b in chain
-                for key, share in (("required_packages", 0.99), ("allowed_packages", 0.5),
-                                   ("pin_rules", 0.9), ("denied_packages", 0.01))
+                for key, share in (
+                    ("required_packages", 0.99),
+                    ("allowed_packages", 0.5),
+                    ("pin_rules", 0.9),
+                    ("denied_packages", 0.01),
+                )
                 for r in b[key]
             ]
         versions = {(m, n): v for m, n, v in self.catalog}
+        denied = {(r["manager"], r["name"]) for b in bundles for r in b["denied_packages"]}
         now = utcnow()
         devices, members = [], []
         for i in range(self.devices):
@@ -176,16 +196,25 @@ class Fleet:
             target = rng.randint(150, 300)
             while len(installed) < target:
                 m, n, v = rng.choice(self.catalog)
-                if m == "cargo" and rng.random() < 0.95:
+                if (m, n) in denied or (m == "cargo" and rng.random() < 0.95):
                     continue
                 installed.setdefault((m, n), [m, n, v, False])
             rows = sorted(installed.values())
             devices.append(
-                {"id": device_id, "tenant_id": TENANT, "name": f"host-{i:06d}",
-                 "platform": rng.choice(("macos", "windows", "linux")), "site_class": "online",
-                 "managed_mode": "unmanaged" if i % 20 == 0 else "managed-enforced",
-                 "ring": i % 5, "last_checkin_at": now - timedelta(hours=rng.randint(0, 180)),
-                 "inventory_seq": 1, "inventory": rows, "created_at": now, "updated_at": now}
+                {
+                    "id": device_id,
+                    "tenant_id": TENANT,
+                    "name": f"host-{i:06d}",
+                    "platform": rng.choice(("macos", "windows", "linux")),
+                    "site_class": "online",
+                    "managed_mode": "unmanaged" if i % 20 == 0 else "managed-enforced",
+                    "ring": i % 5,
+                    "last_checkin_at": now - timedelta(hours=rng.randint(0, 180)),
+                    "inventory_seq": 1,
+                    "inventory": rows,
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
             members.append({"device_id": device_id, "scope_id": leaf, "tenant_id": TENANT})
         return devices, members
@@ -201,11 +230,18 @@ async def build(state: ServiceState, fleet: Fleet) -> None:
         await session.execute(
             insert(PolicyBundle),
             [
-                {"id": f"pb_{i:05d}", "tenant_id": TENANT, "policy_id": doc["policy_id"],
-                 "policy_version": doc["policy_version"], "content": doc,
-                 "digest": digest(doc), "key_id": state.signer.key_id,
-                 "signature": state.signer.sign(doc), "created_by": "bench",
-                 "created_at": utcnow()}
+                {
+                    "id": f"pb_{i:05d}",
+                    "tenant_id": TENANT,
+                    "policy_id": doc["policy_id"],
+                    "policy_version": doc["policy_version"],
+                    "content": doc,
+                    "digest": digest(doc),
+                    "key_id": state.signer.key_id,
+                    "signature": state.signer.sign(doc),
+                    "created_by": "bench",
+                    "created_at": utcnow(),
+                }
                 for i, doc in enumerate(bundles)
             ],
         )
@@ -216,23 +252,42 @@ async def build(state: ServiceState, fleet: Fleet) -> None:
 
 
 async def read_all(state: ServiceState) -> int:
-    """The baseline: every device row as recompute reads it, nothing evaluated or written."""
-    after, n = "", 0
-    while True:
+    """The baseline: every device row as recompute reads it, nothing evaluated or written.
+
+    The garbage collector is paused as recompute pauses it, so the two compare like for like.
+    """
+    gc.disable()
+    try:
+        return await _read_all(state)
+    finally:
+        gc.enable()
+
+
+async def _read_all(state: ServiceState) -> int:
+    async with state.sessions() as session:
+        ids = list(
+            (
+                await session.execute(
+                    select(Device.id).where(Device.tenant_id == TENANT).order_by(Device.id)
+                )
+            ).scalars()
+        )
+    n = 0
+    for start in range(0, len(ids), 1000):
         async with state.sessions() as session:
             rows = (
                 await session.execute(
-                    select(Device.id, Device.managed_mode, Device.last_checkin_at,
-                           Device.inventory_seq, Device.inventory)
-                    .where(Device.tenant_id == TENANT, Device.id > after)
-                    .order_by(Device.id)
-                    .limit(1000)
+                    select(
+                        Device.id,
+                        Device.managed_mode,
+                        Device.last_checkin_at,
+                        Device.inventory_seq,
+                        Device.inventory,
+                    ).where(Device.id.in_(ids[start : start + 1000]))
                 )
             ).all()
-        if not rows:
-            return n
         n += len(rows)
-        after = rows[-1].id
+    return n
 
 
 def pct(values: list[float], q: float) -> float:
@@ -245,7 +300,9 @@ async def single(state: ServiceState, count: int, rng: random.Random) -> tuple[l
     async with state.sessions() as session:
         ids = list((await session.execute(select(Device.id).order_by(Device.id))).scalars())
     picked = rng.sample(ids, count)
-    bare, full, call = [], [], []
+    bare: list[float] = []
+    full: list[float] = []
+    call: list[float] = []
     for n, device_id in enumerate(picked):
         async with state.sessions() as session:
             inventory = (
@@ -259,13 +316,22 @@ async def single(state: ServiceState, count: int, rng: random.Random) -> tuple[l
                 await session.execute(
                     update(Device)
                     .where(Device.id == device_id)
-                    .values(inventory=inventory, inventory_seq=Device.inventory_seq + 1,
-                            last_checkin_at=utcnow())
+                    .values(
+                        inventory=inventory,
+                        inventory_seq=Device.inventory_seq + 1,
+                        last_checkin_at=utcnow(),
+                    )
                 )
                 if with_eval:
                     t0 = time.perf_counter()
-                    await evaluate_device(session, state, TENANT, device_id, actor="bench",
-                                          correlation_id=f"bench-{n}")
+                    await evaluate_device(
+                        session,
+                        state,
+                        TENANT,
+                        device_id,
+                        actor="bench",
+                        correlation_id=f"bench-{n}",
+                    )
                     call.append((time.perf_counter() - t0) * 1000)
             (full if with_eval else bare).append((time.perf_counter() - start) * 1000)
     return bare, full, call
@@ -284,8 +350,11 @@ async def main() -> None:
         engine = db.create_engine(settings.resolved_database_url())
         await db.migrate(engine)
         state = ServiceState(
-            settings=settings, engine=engine, sessions=db.session_factory(engine),
-            signer=Signer.load_or_create(Path(tmp) / "key.pem"), limiter=RateLimiter(1e9, 10**9),
+            settings=settings,
+            engine=engine,
+            sessions=db.session_factory(engine),
+            signer=Signer.load_or_create(Path(tmp) / "key.pem"),
+            limiter=RateLimiter(1e9, 10**9),
         )
         start = time.perf_counter()
         fleet = Fleet(rng, args.devices)
@@ -297,7 +366,7 @@ async def main() -> None:
                 await session.execute(select(func.sum(func.json_array_length(Device.inventory))))
             ).scalar_one()
         rules = [len(e.rules) for leaf in fleet.leaves if (e := policy.effective([leaf]))]
-        size = Path(settings.data_dir / "controlplane.db").stat().st_size
+        size = await asyncio.to_thread(os.path.getsize, settings.data_dir / "controlplane.db")
         print(machine())
         print(
             f"fleet: {args.devices} devices, {packages / args.devices:.0f} packages each "

@@ -142,6 +142,17 @@ def within(caller: Caller, scope_path: str) -> Decision:
     return Decision(False, "scope is outside the caller's subtree", "default:deny")
 
 
+def tenant_wide(caller: Caller) -> Decision:
+    """Whether the caller's subtree is the whole tenant (needed for the tenant's audit chain,
+    which cannot be verified in part, and for webhooks, which see every event)."""
+    if caller.scope_path.count("/") == 2:
+        return Decision(True, "the caller's scope is the organization", "scope:tenant")
+    return Decision(
+        False, "the audit trail and webhooks need a principal scoped to the whole organization",
+        "default:deny",
+    )
+
+
 def require(decision: Decision) -> None:
     """The enforcement point: raise 403 with the reason when a decision denies."""
     if not decision.allowed:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -474,21 +474,26 @@ async def recompute_tenant(
 
     Each chunk is its own write transaction, so inventory reports interleave with a long
     recompute; the chunk re-reads its devices inside the transaction, so a report that landed
-    earlier is never overwritten by an older evaluation. Records of devices that no longer
-    exist are removed, because chunks delete whole id ranges before inserting.
+    earlier is never overwritten by an older evaluation. A device registered after the
+    recompute started is left to its own first evaluation.
     """
     now = now or utcnow()
     started = time.perf_counter()
     async with state.sessions() as session:
         policy = await load_tenant_policy(session, state, tenant_id)
+        ids = list(
+            (
+                await session.execute(
+                    select(Device.id).where(Device.tenant_id == tenant_id).order_by(Device.id)
+                )
+            ).scalars()
+        )
     evaluator = _Evaluator(policy, state.settings.stale_checkin_after)
     tally = _Tally()
-    after: str | None = ""
-    while after is not None:
+    for start in range(0, len(ids), chunk_size):
         with _gc_paused():
-            after = await _recompute_chunk(
-                state, evaluator, tenant_id, after, chunk_size, now, tally
-            )
+            chunk = ids[start : start + chunk_size]
+            await _recompute_chunk(state, evaluator, tenant_id, chunk, now, tally)
         # Let requests that queued behind this chunk run before the next one starts.
         await asyncio.sleep(0)
     evaluated = time.perf_counter()
@@ -532,23 +537,28 @@ async def _recompute_chunk(
     state: ServiceState,
     evaluator: _Evaluator,
     tenant_id: str,
-    after: str,
-    size: int,
+    ids: list[str],
     now: datetime,
     tally: _Tally,
-) -> str | None:
-    """Evaluate and store the devices after ``after``; returns the next chunk's lower bound."""
+) -> None:
+    """Evaluate and store one chunk of a tenant's devices.
+
+    Statements select by primary key only (the ids are the tenant's already): with a tenant
+    filter beside it, SQLite without statistics picks the tenant index and sorts the whole
+    remaining fleet for every chunk, which made a recompute quadratic.
+    """
     async with state.writing() as session:
         rows = (
             await session.execute(
                 select(*_DEVICE_COLUMNS)
-                .where(Device.tenant_id == tenant_id, Device.id > after)
-                .order_by(Device.id)
-                .limit(size)
+                .where(Device.id.in_(ids))
+                # PostgreSQL: an inventory report committing between this read and the
+                # writes below would otherwise be overwritten by this older evaluation.
+                # SQLite renders no FOR SHARE; its writers are serialized already.
+                .with_for_update(read=True)
             )
         ).all()
-        upper = rows[-1].id if len(rows) == size else None
-        members = await _memberships(session, tenant_id, after, upper)
+        members = await _memberships(session, DeviceScope.device_id.in_(ids))
         records: list[dict[str, Any]] = []
         findings: list[dict[str, Any]] = []
         for row in rows:
@@ -569,27 +579,20 @@ async def _recompute_chunk(
             tally.by_state[evaluation.state] += 1
             tally.by_category.update(evaluation.categories)
         for table in (_RECORDS, _VIOLATIONS):
-            stmt = delete(table).where(table.c.tenant_id == tenant_id, table.c.device_id > after)
-            if upper is not None:
-                stmt = stmt.where(table.c.device_id <= upper)
-            await session.execute(stmt)
+            await session.execute(delete(table).where(table.c.device_id.in_(ids)))
         if records:
             await session.execute(insert(_RECORDS), records)
         if findings:
             await session.execute(insert(_VIOLATIONS), findings)
     tally.devices += len(records)
     tally.violations += len(findings)
-    return upper
 
 
 async def _memberships(
-    session: AsyncSession, tenant_id: str, after: str, upper: str | None
+    session: AsyncSession, where: ColumnElement[bool]
 ) -> dict[str, tuple[str, ...]]:
-    stmt = select(DeviceScope.device_id, DeviceScope.scope_id).where(
-        DeviceScope.tenant_id == tenant_id, DeviceScope.device_id > after
-    )
-    if upper is not None:
-        stmt = stmt.where(DeviceScope.device_id <= upper)
+    """Each device's direct scopes, sorted (the key ``_Evaluator`` memoizes on)."""
+    stmt = select(DeviceScope.device_id, DeviceScope.scope_id).where(where)
     members: defaultdict[str, list[str]] = defaultdict(list)
     for device_id, scope_id in await session.execute(stmt):
         members[device_id].append(scope_id)
@@ -608,7 +611,7 @@ async def rebuild_scope_counts(
     async with state.writing() as session:
         await _lock_counts(session, tenant_id)
         policy = await load_tenant_policy(session, state, tenant_id)
-        members = await _memberships(session, tenant_id, "", None)
+        members = await _memberships(session, DeviceScope.tenant_id == tenant_id)
         states = await session.execute(
             select(_RECORDS.c.device_id, _RECORDS.c.state).where(_RECORDS.c.tenant_id == tenant_id)
         )

@@ -260,7 +260,7 @@ def _seconds(moment: time) -> int:
     return moment.hour * 3600 + moment.minute * 60 + moment.second
 
 
-def describe(origin: Origin | None) -> str:
+def _describe(origin: Origin | None) -> str:
     """``policy baseline v3 at team scp_…``, or the built-in default."""
     if origin is None:
         return "the built-in default"
@@ -326,7 +326,7 @@ def check(
         denied, reason, rule = _evaluate(policy, ix, request, installed, now)
     guard = _guard(ix, request, installed, excluded) if ix.guards else None
     if guard is not None:
-        reason += f"; {guard.detail} needs explicit confirmation ({describe(guard.origin)})"
+        reason += f"; {guard.detail} needs explicit confirmation ({_describe(guard.origin)})"
     if denied and not enforced:
         reason = f"managed-readonly reports but does not block: {reason}"
     return EnforcementDecision(
@@ -387,11 +387,11 @@ def _evaluate(
         if rule is not None and rule.effect == "require":
             return (
                 True,
-                f"{label} is required by {describe(rule.origin)} and cannot be uninstalled",
+                f"{label} is required by {_describe(rule.origin)} and cannot be uninstalled",
                 _ref(rule),
             )
         if rule is not None and rule.effect == "deny":
-            return False, f"removing {label}, which {describe(rule.origin)} denies", _ref(rule)
+            return False, f"removing {label}, which {_describe(rule.origin)} denies", _ref(rule)
         return (
             False,
             f"no rule requires {label}; uninstalling it is allowed",
@@ -409,7 +409,7 @@ def _evaluate(
         target = "an unnamed version" if request.version is None else request.version
         return (
             True,
-            f"{label} is pinned at {pin.version} by {describe(pin.origin)}; "
+            f"{label} is pinned at {pin.version} by {_describe(pin.origin)}; "
             f"{action} to {target} would move it off the pin",
             RuleRef("pin", pin.origin, pin.version),
         )
@@ -430,11 +430,11 @@ def _package_rule(
     if rule is not None:
         if rule.effect == "deny":
             if rule.versions is None:
-                return True, f"{label} is denied by {describe(rule.origin)}", _ref(rule)
+                return True, f"{label} is denied by {_describe(rule.origin)}", _ref(rule)
             if version is None:
                 return (
                     True,
-                    f"{describe(rule.origin)} denies {label} {rule.versions}; "
+                    f"{_describe(rule.origin)} denies {label} {rule.versions}; "
                     f"name the version to {action} so it can be checked",
                     _ref(rule),
                 )
@@ -442,32 +442,32 @@ def _package_rule(
                 return (
                     True,
                     f"{label} {version} is in the range {rule.versions} denied by "
-                    f"{describe(rule.origin)}",
+                    f"{_describe(rule.origin)}",
                     _ref(rule),
                 )
             # Outside the denied range no rule names this version: the default decides.
         else:
             verb = "requires" if rule.effect == "require" else "allows"
             if rule.versions is None:
-                return False, f"{describe(rule.origin)} {verb} {label}", _ref(rule)
+                return False, f"{_describe(rule.origin)} {verb} {label}", _ref(rule)
             if version is None:
                 return (
                     True,
-                    f"{describe(rule.origin)} {verb} {label} only at {rule.versions}; "
+                    f"{_describe(rule.origin)} {verb} {label} only at {rule.versions}; "
                     f"name the version to {action} so it can be checked",
                     _ref(rule),
                 )
             if parse_range(rule.versions).contains(version):
                 return (
                     False,
-                    f"{label} {version} is within {rule.versions}, which {describe(rule.origin)} "
+                    f"{label} {version} is within {rule.versions}, which {_describe(rule.origin)} "
                     f"{verb}",
                     _ref(rule),
                 )
             return (
                 True,
                 f"{label} {version} is outside the range {rule.versions} that "
-                f"{describe(rule.origin)} {verb}",
+                f"{_describe(rule.origin)} {verb}",
                 _ref(rule),
             )
     default = RuleRef("default", policy.default_origin, policy.default_action)
@@ -475,13 +475,13 @@ def _package_rule(
         return (
             True,
             f"no rule allows {label} and the default package action is deny "
-            f"({describe(policy.default_origin)})",
+            f"({_describe(policy.default_origin)})",
             default,
         )
     return (
         False,
         f"no rule names {label}; the default package action is allow "
-        f"({describe(policy.default_origin)})",
+        f"({_describe(policy.default_origin)})",
         default,
     )
 
@@ -495,12 +495,12 @@ def _pin_action(action: str, label: str, pin: EffectivePin | None, version: str 
         )
     ref = RuleRef("pin", pin.origin, pin.version)
     if action == "unpin":
-        return True, f"{label} must stay pinned at {pin.version} ({describe(pin.origin)})", ref
+        return True, f"{label} must stay pinned at {pin.version} ({_describe(pin.origin)})", ref
     if version is not None and version_key(version) == version_key(pin.version):
-        return False, f"{label} is to be pinned at {pin.version} ({describe(pin.origin)})", ref
+        return False, f"{label} is to be pinned at {pin.version} ({_describe(pin.origin)})", ref
     return (
         True,
-        f"{label} must be pinned at {pin.version} ({describe(pin.origin)}), "
+        f"{label} must be pinned at {pin.version} ({_describe(pin.origin)}), "
         f"not at {version or 'an unnamed version'}",
         ref,
     )
@@ -513,10 +513,10 @@ def _window(ix: _Index, policy: EffectivePolicy, now: datetime, what: str) -> _V
     ref = RuleRef("upgrade_window", origin, ix.windows_text)
     for window in ix.windows:
         if window.contains(now):
-            return False, f"{what} is inside an upgrade window ({describe(origin)})", ref
+            return False, f"{what} is inside an upgrade window ({_describe(origin)})", ref
     return (
         True,
-        f"{what} is outside the upgrade windows {ix.windows_text} set by {describe(origin)}",
+        f"{what} is outside the upgrade windows {ix.windows_text} set by {_describe(origin)}",
         ref,
     )
 
@@ -546,14 +546,15 @@ def _guard(
         if (g_manager is None or g_manager == manager) and (g_name is None or g_name == package):
             return ref
     if request.action == "upgrade_all":
-        # A bulk upgrade runs every package's upgrade: a guarded upgrade among them needs the
-        # same confirmation as when it is asked for alone.
-        touched = installed.names.get(manager, frozenset())
-        for g_manager, g_name, ref in ix.guards.get("upgrade", ()):
-            if g_manager is not None and g_manager != manager:
-                continue
-            if g_name is None or (g_name in touched and g_name not in excluded):
-                return ref
+        # A bulk upgrade runs every package's upgrade: a guarded upgrade among them (or a
+        # bulk-upgrade guard naming one of them) needs the same confirmation as alone.
+        touched = installed.names.get(manager, frozenset()).difference(excluded)
+        for action in ("upgrade_all", "upgrade"):
+            for g_manager, g_name, ref in ix.guards.get(action, ()):
+                if g_manager is not None and g_manager != manager:
+                    continue
+                if g_name is None or g_name in touched:
+                    return ref
     return None
 
 

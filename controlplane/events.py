@@ -1,10 +1,10 @@
 """Control plane events: the append-only, hash-chained audit trail of each tenant.
 
-Each event's hash covers its canonical fields and its predecessor's hash; the tenant's chain
-head moves with a conditional UPDATE, so concurrent appends on SQLite or PostgreSQL serialize
-without locks held across awaits. Appending also queues a webhook delivery for every matching
-subscription in the same transaction, and ``verify_chain`` walks a chain in batches to find
-the first edited, inserted, re-ordered or deleted event.
+Each event's hash covers its canonical fields and its predecessor's hash. Appending moves the
+tenant's chain head with one conditional UPDATE (on the seq and hash it chained onto), so
+concurrent appends on SQLite or PostgreSQL serialize without application locks, and queues a
+webhook delivery for each matching subscription in the same transaction. ``verify_chain``
+walks a chain in batches and reports the first edited, inserted, re-ordered or deleted event.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ class ControlPlaneSettings(BaseSettings):
     webhook_backoff_base_seconds: float = Field(default=2.0, gt=0)
     """First retry delay; each further attempt doubles it (capped at one hour)."""
 
+    webhook_allow_private_networks: bool = False
+    """Let webhooks target loopback and private addresses (tests, closed networks only)."""
+
     def resolved_database_url(self) -> str:
         """The database URL to connect to, defaulting to SQLite inside ``data_dir``."""
         if self.database_url:

@@ -98,7 +98,7 @@ def verify_snapshot(
     check_validity(document, now, device_id=device_id, tenant_id=tenant_id)
     try:
         return EffectivePolicy.from_document(document["policy"])
-    except (KeyError, TypeError, ValueError, ValidationError):
+    except (AttributeError, KeyError, TypeError, ValueError, ValidationError):
         raise SnapshotError("snapshot policy is malformed") from None
 
 

@@ -33,7 +33,9 @@ from typing import Final
 
 import aiohttp
 from sqlalchemy import select, update
+from yarl import URL
 
+from controlplane.egress import connector_kwargs, literal_refusal
 from controlplane.events import event_document, on_deliveries_committed
 from controlplane.models import Event, WebhookDelivery, WebhookSubscription, utcnow
 from controlplane.signing import canonical
@@ -103,7 +105,9 @@ async def deliver_due(state: ServiceState, http: aiohttp.ClientSession) -> float
     """
     settings = state.settings
     sends = await _claim(state, utcnow())
-    results = await asyncio.gather(*(_post(http, send) for send in sends))
+    results = await asyncio.gather(
+        *(_post(http, send, state.settings.webhook_allow_private_networks) for send in sends)
+    )
     if not results:
         return settings.webhook_poll_seconds
     retry_in = await _record(state, results)
@@ -157,13 +161,17 @@ async def _claim(state: ServiceState, now: datetime) -> list[_Send]:
                 event_id=f"{event.tenant_id}:{event.seq}",
                 body=canonical(event_document(event)),
             )
-            for delivery, sub, event in rows.tuples()
+            for delivery, sub, event in rows
         ]
 
 
-async def _post(http: aiohttp.ClientSession, send: _Send) -> _Result:
+async def _post(http: aiohttp.ClientSession, send: _Send, allow_private: bool) -> _Result:
     if not send.active:
         return _Result(send, "subscription deleted")
+    # aiohttp skips the resolver for literal addresses, so the guard checks those here.
+    refusal = None if allow_private else literal_refusal(URL(send.url).host or "")
+    if refusal is not None:
+        return _Result(send, refusal)
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -226,7 +234,12 @@ async def _record(state: ServiceState, results: list[_Result]) -> list[float]:
 async def _send_forever(state: ServiceState) -> None:
     wake = state.wakeups.setdefault("webhooks", asyncio.Event())
     timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as http:
+    connector = aiohttp.TCPConnector(
+        **connector_kwargs(state.settings.webhook_allow_private_networks)
+    )
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers={"User-Agent": USER_AGENT}, connector=connector
+    ) as http:
         while True:
             # Cleared before the pass, so a wake during the pass makes the next one immediate.
             wake.clear()

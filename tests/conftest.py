@@ -58,6 +58,8 @@ def cp_env(
     env = {
         "GOODBOT_CP_DATA_DIR": str(data_dir),
         "GOODBOT_CP_BOOTSTRAP_TOKEN": "boot-" + uuid.uuid4().hex,
+        # Test receivers listen on loopback; test_webhooks checks the guard with this off.
+        "GOODBOT_CP_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     }
     if backend == "postgres":
         schema = request.getfixturevalue("pg_schema")

@@ -213,16 +213,12 @@ async def scope_compliance(req: ApiRequest) -> ScopeComplianceOut:
     async with req.state.sessions() as session:
         scope = await scope_in_tenant(session, req.me, req.path("scope_id"))
         rows = (
-            (
-                await session.execute(
-                    select(
-                        ScopeCount.kind, ScopeCount.key, ScopeCount.count, ScopeCount.updated_at
-                    ).where(ScopeCount.scope_id == scope.id)
-                )
+            await session.execute(
+                select(
+                    ScopeCount.kind, ScopeCount.key, ScopeCount.count, ScopeCount.updated_at
+                ).where(ScopeCount.scope_id == scope.id)
             )
-            .tuples()
-            .all()
-        )
+        ).all()
     states = dict.fromkeys(STATES, 0)
     categories = dict.fromkeys(CATEGORIES, 0)
     for kind, key, count, _ in rows:
@@ -280,9 +276,7 @@ async def list_device_compliance(req: ApiRequest) -> DeviceComplianceList:
             )
         if after is not None:
             stmt = stmt.where(ComplianceRecord.device_id > after)
-        rows = (
-            await session.execute(stmt.order_by(ComplianceRecord.device_id).limit(q.limit + 1))
-        ).tuples()
+        rows = await session.execute(stmt.order_by(ComplianceRecord.device_id).limit(q.limit + 1))
         page, cursor = paginate(rows, q.limit, lambda r: r[0])
         found: dict[str, list[str]] = {row[0]: [] for row in page}
         if found:
@@ -334,15 +328,14 @@ async def package_compliance(req: ApiRequest) -> PackageComplianceOut:
         ViolationRow.device_id.in_(_visible_devices(me, me.scope_path)),
     ]
     async with req.state.sessions() as session:
-        counted = (
-            await session.execute(
-                select(ViolationRow.category, func.count(ViolationRow.device_id.distinct()))
-                .where(*base)
-                .group_by(ViolationRow.category)
-            )
-        ).tuples()
+        counted = await session.execute(
+            select(ViolationRow.category, func.count(ViolationRow.device_id.distinct()))
+            .where(*base)
+            .group_by(ViolationRow.category)
+        )
         counts = dict.fromkeys(CATEGORIES, 0)
-        counts.update(dict(counted))
+        # Result has keys(), so dict(result) would take it for a mapping.
+        counts.update({category: n for category, n in counted})
         page_stmt = select(ViolationRow.device_id).where(*base).distinct()
         if q.category is not None:
             page_stmt = page_stmt.where(ViolationRow.category == q.category)
@@ -365,9 +358,7 @@ async def package_compliance(req: ApiRequest) -> PackageComplianceOut:
                     .where(ComplianceRecord.device_id.in_(page))
                     .order_by(ComplianceRecord.device_id)
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
             if page
             else []
         )

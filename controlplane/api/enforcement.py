@@ -1,5 +1,4 @@
-"""Control plane API: the enforcement check an endpoint asks before a package action, and its
-signed offline policy snapshot.
+"""Control plane API: the enforcement check an endpoint asks before acting, and its snapshot.
 
 ``POST /enforcement/check`` is on every endpoint's hot path. On SQLite each statement is a
 thread hop (about half a millisecond here, far more when hops queue behind each other), so
@@ -62,6 +61,8 @@ _clock = time.monotonic
 
 
 class CheckBody(Strict):
+    """An endpoint's question: may this device's manager run this action now?"""
+
     device_id: str = Field(min_length=1, max_length=40)
     """The device about to act."""
     manager: Manager
@@ -78,6 +79,8 @@ class CheckBody(Strict):
 
 
 class RuleOut(BaseModel):
+    """The rule that decided, with its origin."""
+
     kind: str
     """deny, require, allow, pin, upgrade_window, default, unrestricted, read_only, mode,
     no_policy or guard."""
@@ -88,29 +91,39 @@ class RuleOut(BaseModel):
 
 
 class DecisionOut(BaseModel):
+    """An enforcement decision (``controlplane.enforcement.EnforcementDecision``)."""
+
     device_id: str
+    """The device asked about."""
     mode: str
     """The device's managed mode."""
     source: str
     """``server`` (current policy), ``snapshot`` (the presented one) or ``none``."""
     allowed: bool
+    """Whether the endpoint may go ahead."""
     enforced: bool
     """Whether the decision is binding (managed-enforced)."""
     requires_confirmation: bool
     """A guard matched: a person must confirm, even when allowed."""
     reason: str
+    """A sentence naming the deciding rule and its origin."""
     rule: RuleOut
+    """The deciding rule."""
     would_deny: bool
     """What managed-enforced would answer (what managed-readonly reports)."""
     excluded_packages: list[str]
     """For upgrade_all: pinned packages to skip."""
     confirmation_rule: RuleOut | None
+    """The guard that asks for confirmation, if any."""
     policy_version: str | None
+    """Bundles of the policy decided from (``policy_id@version``), None without one."""
     snapshot_error: str | None
     """Why a presented snapshot was not used."""
 
 
 class SnapshotOut(BaseModel):
+    """A signed offline snapshot; check it with ``controlplane.snapshot.verify_snapshot``."""
+
     document: dict[str, Any]
     """device_id, tenant_id, issued_at, expires_at and the effective ``policy``."""
     signature: dict[str, str]
@@ -175,7 +188,8 @@ async def _device(
             caches.facts[device_id] = facts
             caches.facts.move_to_end(device_id)
             if len(caches.facts) > FACTS_CACHE_SIZE:
-                caches.facts.popitem(last=False)
+                evicted, _ = caches.facts.popitem(last=False)
+                caches.installed.pop(evicted, None)
     if facts is None or facts.tenant_id != caller.tenant_id:
         raise NotFoundError(f"no device {device_id!r}", field="device_id")
     if not any(within(caller, path).allowed for _, path in facts.scopes):
@@ -236,8 +250,8 @@ def _presented(
     signer = req.state.signer
     now = utcnow()
     caches = _caches(req)
-    # Keyed by the exact bytes of the envelope, so a hit is the very document that verified
-    # before; an equivalent document serialized differently just verifies again.
+    # Keyed by a digest of the whole envelope, signature included, so a hit is a document
+    # identical to one that verified before; anything else goes through verification.
     key = hashlib.sha256(orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS)).digest()
     hit = caches.snapshots.get(key)
     try:

@@ -257,6 +257,21 @@ def test_upgrade_all_inherits_the_guard_of_a_package_it_would_upgrade() -> None:
     assert not plain.requires_confirmation
 
 
+@pytest.mark.parametrize(
+    ("guarded", "expected"),
+    [
+        ("git", True),  # installed and would be upgraded
+        ("ripgrep", False),  # pinned on the device: upgrade_all skips it
+        ("htop", False),  # not installed
+    ],
+)
+def test_bulk_upgrade_guard_naming_a_package(guarded: str, expected: bool) -> None:
+    guard = {"action": "upgrade_all", "manager": "brew", "name": guarded}
+    pol = policy({**BASE, "guarded_action_rules": [guard]})
+    d = ask(pol, "managed-enforced", "upgrade_all")
+    assert d.requires_confirmation is expected
+
+
 # --- upgrade_all and pins ----------------------------------------------------------------------
 
 

@@ -7,13 +7,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from controlplane.api import enforcement as enforcement_api
 from controlplane.models import Event
 from controlplane.snapshot import verify_snapshot
 from tests.controlplane.client import Client, ControlPlane, Tenant
 
 CHECK = "/api/v1/enforcement/check"
+
+
+class FakeClock:
+    """The monotonic clock of the device-facts cache, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def expire_facts(self) -> None:
+        self.now += enforcement_api.FACTS_TTL
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(enforcement_api, "_clock", fake)
+    return fake
 
 
 @dataclass
@@ -168,7 +190,7 @@ async def test_only_denials_and_confirmations_are_recorded(cp: ControlPlane) -> 
     assert first.data["rule"]["origin"]["policy_id"] == "platform"
 
 
-async def test_snapshot_round_trip_and_offline_decision(cp: ControlPlane) -> None:
+async def test_snapshot_round_trip_and_offline_decision(cp: ControlPlane, clock: FakeClock) -> None:
     f = await fleet(cp)
     owner, device = f.t.owner, f.devices["enforced"]
     envelope = (await owner.get(f"/api/v1/devices/{device}/policy-snapshot")).ok()
@@ -191,6 +213,7 @@ async def test_snapshot_round_trip_and_offline_decision(cp: ControlPlane) -> Non
         "allowed_packages": [{"manager": "brew", "name": "telnet"}],
     }
     (await owner.post("/api/v1/policies", {"bundle": newer})).ok(201)
+    clock.expire_facts()
     current = await decide(owner, device, "install", "telnet", "1")
     assert current["allowed"] and current["source"] == "server"
     for _ in range(2):  # the second decision comes from the verified-snapshot cache
@@ -251,3 +274,25 @@ async def test_request_validation(cp: ControlPlane) -> None:
     assert r.status == 422 and r.body["error"]["field"] == "package"
     r = await f.t.owner.post(CHECK, {"device_id": device, "manager": "brew", "action": "nuke"})
     assert r.status == 422 and r.body["error"]["field"] == "action"
+
+
+async def test_device_facts_are_reused_for_at_most_the_ttl(
+    cp: ControlPlane, clock: FakeClock
+) -> None:
+    f = await fleet(cp)
+    owner, device = f.t.owner, f.devices["enforced"]
+    assert not (await decide(owner, device, "install", "telnet", "1"))["allowed"]
+    patched = await owner.request(
+        "PATCH", f"/api/v1/devices/{device}", {"managed_mode": "unmanaged"}
+    )
+    patched.ok()
+    clock.now += enforcement_api.FACTS_TTL / 2
+    cached = await decide(owner, device, "install", "telnet", "1")
+    assert cached["mode"] == "managed-enforced" and not cached["allowed"]
+    clock.now += enforcement_api.FACTS_TTL / 2
+    fresh = await decide(owner, device, "install", "telnet", "1")
+    assert fresh["mode"] == "unmanaged" and fresh["allowed"]
+    # Confinement is checked against each caller, cached facts or not.
+    other = await cp.tenant()
+    r = await other.owner.post(CHECK, {"device_id": device, "manager": "brew", "action": "list"})
+    assert r.status == 404

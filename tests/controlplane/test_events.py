@@ -24,7 +24,7 @@ class Abandoned(Exception):
 
 
 async def tenant_with_events(cp: ControlPlane) -> Tenant:
-    """A tenant whose chain holds six events: tenant, two scopes, a principal and its token."""
+    """A tenant whose chain holds five events: tenant, two scopes, a principal and its token."""
     t = await cp.tenant()
     dept = await t.scope(t.root, "department", "engineering")
     await t.scope(dept, "team", "platform")
@@ -71,7 +71,7 @@ async def test_events_are_listed_oldest_first_with_cursor_and_filters(cp: Contro
     rest = (
         await t.owner.get("/api/v1/events", params={"limit": 4, "cursor": first["next_cursor"]})
     ).ok()
-    assert [e["seq"] for e in rest["items"]] == [5, 6] and rest["next_cursor"] is None
+    assert [e["seq"] for e in rest["items"]] == [5] and rest["next_cursor"] is None
     event = first["items"][0]
     assert event["tenant_id"] == t.id and event["action"] == "tenant.create"
     assert event["prev_hash"] == GENESIS and event["hash"] == recompute(event)
@@ -85,7 +85,7 @@ async def test_events_are_listed_oldest_first_with_cursor_and_filters(cp: Contro
     later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     assert (await t.owner.get("/api/v1/events", params={"since": later})).ok()["items"] == []
     earlier = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
-    assert len((await t.owner.get("/api/v1/events", params={"since": earlier})).ok()["items"]) == 6
+    assert len((await t.owner.get("/api/v1/events", params={"since": earlier})).ok()["items"]) == 5
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,9 @@ async def test_events_are_listed_oldest_first_with_cursor_and_filters(cp: Contro
         {"since": "2025-01-01T00:00:00"},  # no zone
         {"type": "Not A Type"},
         {"cursor": "!!"},
+        {"since": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC
         {"cursor": "bm90LWEtc2Vx"},  # a cursor that decodes, but to no seq
+        {"cursor": "wrI"},  # decodes to a superscript two: a digit, but not a seq
         {"colour": "blue"},
     ],
 )
@@ -134,14 +136,14 @@ async def test_audit_permissions(cp: ControlPlane) -> None:
 async def test_export_is_json_lines_whose_hashes_chain(cp: ControlPlane) -> None:
     t = await tenant_with_events(cp)
     lines = await export(t)
-    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5, 6]
+    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5]
     prev = GENESIS
     for event in lines:
         assert event["prev_hash"] == prev
         assert recompute(event) == event["hash"]
         prev = event["hash"]
-    assert [e["seq"] for e in await export(t, since_seq=4)] == [5, 6]
-    assert await export(t, since_seq=6) == []
+    assert [e["seq"] for e in await export(t, since_seq=3)] == [4, 5]
+    assert await export(t, since_seq=5) == []
     assert (await t.owner.get("/api/v1/events/export", params={"since_seq": -1})).status == 400
 
 
@@ -149,8 +151,8 @@ async def test_verify_passes_an_untouched_chain(cp: ControlPlane) -> None:
     t = await tenant_with_events(cp)
     assert await verify(t) == {
         "ok": True,
-        "checked": 6,
-        "head_seq": 6,
+        "checked": 5,
+        "head_seq": 5,
         "first_bad_seq": None,
         "problem": None,
     }
@@ -197,23 +199,23 @@ async def test_verify_detects_a_deleted_middle_event(cp: ControlPlane) -> None:
 
 async def test_verify_detects_a_deleted_newest_event(cp: ControlPlane) -> None:
     t = await tenant_with_events(cp)
-    await tamper(cp, delete(Event).where(at(t, 6)))
+    await tamper(cp, delete(Event).where(at(t, 5)))
     report = await verify(t)
-    assert not report["ok"] and report["first_bad_seq"] == 6 and report["head_seq"] == 6
+    assert not report["ok"] and report["first_bad_seq"] == 5 and report["head_seq"] == 5
     assert "newest deleted" in report["problem"]
 
 
 async def test_verify_detects_an_event_inserted_behind_the_head(cp: ControlPlane) -> None:
     t = await tenant_with_events(cp)
     last = (await export(t))[-1]
-    extra = last | {"seq": 7, "prev_hash": last["hash"], "correlation_id": "forged"}
+    extra = last | {"seq": 6, "prev_hash": last["hash"], "correlation_id": "forged"}
     extra["hash"] = recompute(extra)
     row = {k: v for k, v in extra.items() if k != "timestamp"}
     row["timestamp"] = datetime.fromisoformat(extra["timestamp"])
     async with cp.state.writing() as session:
         await session.execute(insert(Event).values(row))
     report = await verify(t)
-    assert not report["ok"] and report["first_bad_seq"] == 7
+    assert not report["ok"] and report["first_bad_seq"] == 6
     assert "after the chain head" in report["problem"]
 
 
@@ -225,27 +227,43 @@ async def test_concurrent_appends_keep_one_valid_chain(cp: ControlPlane) -> None
     assert report["ok"] and report["head_seq"] == 13
 
 
+async def append_then_roll_back(cp: ControlPlane, tenant_id: str) -> None:
+    async with cp.state.writing() as session:
+        await append_event(
+            session,
+            tenant_id=tenant_id,
+            type="access_changed",
+            action="test.rollback",
+            outcome="success",
+            actor="test",
+            correlation_id="rolled-back",
+        )
+        raise Abandoned
+
+
 async def test_a_rolled_back_append_does_not_break_the_next_one(cp: ControlPlane) -> None:
     t = await tenant_with_events(cp)
     # Appending then rolling back leaves this process's remembered head one event ahead of the
     # stored one; the next append must notice and chain onto the stored head.
     with pytest.raises(Abandoned):
-        async with cp.state.writing() as session:
-            await append_event(
-                session,
-                tenant_id=t.id,
-                type="access_changed",
-                action="test.rollback",
-                outcome="success",
-                actor="test",
-                correlation_id="rolled-back",
-            )
-            raise Abandoned
+        await append_then_roll_back(cp, t.id)
     await t.scope(t.root, "department", "after-rollback")
     report = await verify(t)
-    assert report["ok"] and report["head_seq"] == 7
+    assert report["ok"] and report["head_seq"] == 6
     async with cp.state.sessions() as session:
         actions = (
             await session.execute(select(Event.action).where(Event.tenant_id == t.id))
         ).scalars()
         assert "test.rollback" not in set(actions)
+
+
+async def test_audit_trail_needs_an_organization_wide_principal(cp: ControlPlane) -> None:
+    t = await cp.tenant()
+    dept = await t.scope(t.root, "department", "finance")
+    scoped = await t.principal("dept-auditor", ["auditor"], dept)
+    for path in ("/api/v1/events", "/api/v1/events/verify", "/api/v1/events/export"):
+        refused = await scoped.get(path)
+        assert refused.status == 403, path
+        assert "whole organization" in refused.body["error"]["message"]
+    tenant_auditor = await t.principal("org-auditor", ["auditor"])
+    assert (await tenant_auditor.get("/api/v1/events/verify")).ok()["ok"] is True
