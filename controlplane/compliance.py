@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane import drift
 from controlplane.effective import Origin
-from controlplane.events import NewEvent, append_event, append_events
+from controlplane.events import NewEvent, append_events
 from controlplane.models import (
     ComplianceRecord,
     Device,
@@ -715,30 +715,22 @@ async def _finish(
                 .execution_options(synchronize_session=False)
             )
         # One summary event per run: a fleet-wide recompute would otherwise append tens of
-        # thousands of chained events one at a time.
-        await append_event(
-            session,
-            tenant_id=tenant_id,
-            type="compliance_evaluated",
-            action="compliance.recompute",
-            outcome=status,
-            actor=SYSTEM_ACTOR,
-            correlation_id=correlation_id,
-            task_id=ids[0],
-            data={"jobs": ids, **outcome},
-        )
-        if status == "done" and outcome.get("by_category"):
-            await append_event(
-                session,
-                tenant_id=tenant_id,
-                type="drift_detected",
-                action="compliance.recompute",
-                outcome="drift",
-                actor=SYSTEM_ACTOR,
-                correlation_id=correlation_id,
-                task_id=ids[0],
-                data={"jobs": ids, "by_category": outcome["by_category"]},
+        # thousands of chained events.
+        common: dict[str, Any] = {
+            "action": "compliance.recompute",
+            "actor": SYSTEM_ACTOR,
+            "correlation_id": correlation_id,
+            "task_id": ids[0],
+        }
+        events = [
+            NewEvent(
+                type="compliance_evaluated", outcome=status, data={"jobs": ids, **outcome}, **common
             )
+        ]
+        if status == "done" and outcome.get("by_category"):
+            drifted = {"jobs": ids, "by_category": outcome["by_category"]}
+            events.append(NewEvent(type="drift_detected", outcome="drift", data=drifted, **common))
+        await append_events(session, tenant_id, events)
 
 
 async def sweep_stale(state: ServiceState, *, now: datetime | None = None) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.access import Caller, require, within
 from controlplane.api.tenancy import scope_in_tenant
-from controlplane.compliance import evaluate_device
+from controlplane.compliance import evaluate_device, record_json, withdraw_device
 from controlplane.errors import ConflictError, NotFoundError, UnprocessableError
 from controlplane.events import append_event
 from controlplane.http import Api, ApiRequest, Page, Strict, decode_cursor, paginate
@@ -195,6 +195,15 @@ async def register_device(req: ApiRequest) -> DeviceOut:
             scope_id=body.scope_ids[0],
             data={"name": body.name, "managed_mode": body.managed_mode},
         )
+        # Counted at once (as unknown: it has not reported), not only after a recompute.
+        await evaluate_device(
+            session,
+            req.state,
+            me.tenant_id,
+            device.id,
+            actor=me.actor,
+            correlation_id=req.correlation_id,
+        )
     return device_out(device, sorted(body.scope_ids))
 
 
@@ -273,6 +282,8 @@ async def update_device(req: ApiRequest) -> DeviceOut:
         changes = body.model_dump(exclude_none=True)
         if body.scope_ids is not None:
             await _check_scopes(session, me, body.scope_ids)
+            # Out of the old scopes' counts first; evaluate_device below counts it in the new.
+            await withdraw_device(session, req.state, me.tenant_id, device.id)
             await session.execute(delete(DeviceScope).where(DeviceScope.device_id == device.id))
             session.add_all(
                 DeviceScope(device_id=device.id, scope_id=s, tenant_id=me.tenant_id)
@@ -295,7 +306,7 @@ async def update_device(req: ApiRequest) -> DeviceOut:
             device_id=device.id,
             data={"changes": sorted(changes)},
         )
-        if body.scope_ids is not None and device.inventory_seq >= 0:
+        if body.scope_ids is not None:
             # A new membership changes the device's effective policy: re-evaluate now.
             await evaluate_device(
                 session,
@@ -347,7 +358,7 @@ async def report_inventory(req: ApiRequest) -> InventoryAccepted:
                 device_id=device.id,
                 sequence=body.sequence,
                 accepted=False,
-                compliance=_record_json(record),
+                compliance=None if record is None else record_json(record),
             )
         device.inventory = rows
         device.inventory_seq = body.sequence
@@ -375,19 +386,6 @@ async def report_inventory(req: ApiRequest) -> InventoryAccepted:
     return InventoryAccepted(
         device_id=device.id, sequence=body.sequence, accepted=True, compliance=compliance
     )
-
-
-def _record_json(record: ComplianceRecord | None) -> dict[str, Any] | None:
-    if record is None:
-        return None
-    return {
-        "device_id": record.device_id,
-        "state": record.state,
-        "policy_version": record.policy_version,
-        "reason": record.reason,
-        "evaluated_at": record.evaluated_at.isoformat(),
-        "violations": record.violations,
-    }
 
 
 @api.route(

@@ -73,7 +73,9 @@ async def test_inventory_report_evaluates_the_device_and_moves_scope_counts(
     t, s = await setup(cp)
     mac = await device(t, "mac-1", s["web"])
     before = await summary(t.owner, s["web"])
-    assert before["devices"] == 0 and before["updated_at"] is None
+    # registered but never reported: counted at once, as unknown
+    assert before["devices"] == 1 and before["states"]["unknown"] == 1
+    assert before["updated_at"] is not None
 
     accepted = await report(t.owner, mac, 1, CLEAN)
     assert accepted["compliance"]["state"] == "compliant"
@@ -301,3 +303,19 @@ async def test_devices_without_policy_or_with_stale_check_in_are_unknown(cp: Con
     assert record["state"] == "unknown" and "older than 7 days" in record["reason"]
     counts = await summary(t.owner, governed)
     assert (counts["states"]["compliant"], counts["states"]["unknown"]) == (0, 1)
+
+
+async def test_moving_a_device_moves_it_between_scope_counts(cp: ControlPlane) -> None:
+    t, s = await setup(cp)
+    mac = await device(t, "mac-move", s["web"])
+    await report(t.owner, mac, 1, CLEAN)
+    assert (await summary(t.owner, s["web"]))["devices"] == 1
+    org_before = await summary(t.owner, s["org"])
+    moved = await t.owner.request("PATCH", f"/api/v1/devices/{mac}", {"scope_ids": [s["ops"]]})
+    assert moved.ok()["scope_ids"] == [s["ops"]]
+    web, eng, ops = [await summary(t.owner, s[k]) for k in ("web", "eng", "ops")]
+    assert (web["devices"], eng["devices"], ops["devices"]) == (0, 0, 1)
+    assert ops["states"]["compliant"] == 1
+    org_after = await summary(t.owner, s["org"])
+    assert org_after["devices"] == org_before["devices"]
+    assert org_after["states"] == org_before["states"]
