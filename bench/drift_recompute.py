@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from controlplane import db
-from controlplane.compliance import evaluate_device, recompute_tenant
+from controlplane.compliance import evaluate_device
 from controlplane.models import (
     ComplianceRecord,
     Device,
@@ -47,6 +47,7 @@ from controlplane.models import (
 from controlplane.policy_model import PolicyBundle as BundleDoc
 from controlplane.policy_store import load_tenant_policy
 from controlplane.ratelimit import RateLimiter
+from controlplane.recompute import recompute_tenant
 from controlplane.settings import ControlPlaneSettings
 from controlplane.signing import Signer, digest
 from controlplane.state import ServiceState

@@ -1,1 +1,1 @@
-"""The reference endpoint-management control plane: a separate service the gateway reaches over HTTP."""
+"""The reference endpoint-management control plane: a separate service reached over HTTP."""

@@ -148,7 +148,8 @@ def tenant_wide(caller: Caller) -> Decision:
     if caller.scope_path.count("/") == 2:
         return Decision(True, "the caller's scope is the organization", "scope:tenant")
     return Decision(
-        False, "the audit trail and webhooks need a principal scoped to the whole organization",
+        False,
+        "the audit trail and webhooks need a principal scoped to the whole organization",
         "default:deny",
     )
 

@@ -10,10 +10,10 @@ from sqlalchemy import text
 
 from controlplane import db
 from controlplane.api import compliance, devices, enforcement, events, policies, tenancy
-from controlplane.compliance import recompute_worker
 from controlplane.http import Api, errors_middleware, json_response
 from controlplane.openapi import build_openapi
 from controlplane.ratelimit import RateLimiter
+from controlplane.recompute import recompute_worker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.signing import Signer
 from controlplane.state import STATE, ServiceState

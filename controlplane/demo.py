@@ -20,7 +20,6 @@ from sqlalchemy import insert, select
 
 from controlplane.access import hash_token
 from controlplane.api.tenancy import create_tenant_records, issue_token
-from controlplane.compliance import recompute_tenant
 from controlplane.models import (
     ApiToken,
     Device,
@@ -33,6 +32,7 @@ from controlplane.models import (
     utcnow,
 )
 from controlplane.policy_store import bump_revision
+from controlplane.recompute import recompute_tenant
 from controlplane.signing import digest
 from controlplane.state import ServiceState
 

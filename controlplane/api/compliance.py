@@ -17,13 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.access import Caller
 from controlplane.api.devices import device_for
 from controlplane.api.tenancy import scope_in_tenant
-from controlplane.compliance import record_json, schedule_recompute
+from controlplane.compliance import record_json
 from controlplane.drift import CATEGORIES, STATES
 from controlplane.errors import NotFoundError
 from controlplane.http import Api, ApiRequest, Page, decode_cursor, paginate
 from controlplane.models import ComplianceRecord, Device, DeviceScope, Job, Scope, ScopeCount
 from controlplane.models import Violation as ViolationRow
 from controlplane.policy_model import Manager, PackageName
+from controlplane.recompute import schedule_recompute
 
 api = Api()
 

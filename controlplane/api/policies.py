@@ -11,7 +11,6 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane.api.devices import device_for
 from controlplane.api.tenancy import scope_in_tenant
-from controlplane.compliance import schedule_recompute
 from controlplane.errors import ConflictError, NotFoundError, UnprocessableError
 from controlplane.events import append_event
 from controlplane.http import Api, ApiRequest, Strict
@@ -23,6 +22,7 @@ from controlplane.policy_store import (
     load_tenant_policy,
     trusted_keys,
 )
+from controlplane.recompute import schedule_recompute
 from controlplane.signing import (
     ALGORITHM,
     digest,

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from controlplane.compliance import sweep_stale
 from controlplane.models import Device, utcnow
+from controlplane.recompute import sweep_stale
 from tests.controlplane.client import Client, ControlPlane, Tenant
 
 GIT = {"manager": "brew", "name": "git", "versions": ">=2.40"}

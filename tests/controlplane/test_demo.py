@@ -13,9 +13,22 @@ import requests
 
 def test_serve_demo_prints_url_writes_tokens_and_shows_every_drift(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "controlplane", "serve", "--demo",
-         "--data-dir", str(tmp_path), "--port", "0"],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "controlplane",
+            "serve",
+            "--demo",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            "0",
+        ],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -33,16 +46,28 @@ def test_serve_demo_prints_url_writes_tokens_and_shows_every_drift(tmp_path: Pat
         root = http.get(f"{url}/api/v1/tenant", timeout=10).json()["root_scope_id"]
         summary = http.get(f"{url}/api/v1/scopes/{root}/compliance", timeout=10).json()
         assert summary["devices"] >= 2000
-        assert all(summary["categories"][c] > 0 for c in (
-            "missing_required", "present_denied", "version_out_of_range", "pin_mismatch",
-            "unmanaged_toolchain"))
-        assert all(summary["states"][s] > 0 for s in (
-            "compliant", "warning", "non_compliant", "unknown"))
+        assert all(
+            summary["categories"][c] > 0
+            for c in (
+                "missing_required",
+                "present_denied",
+                "version_out_of_range",
+                "pin_mismatch",
+                "unmanaged_toolchain",
+            )
+        )
+        assert all(
+            summary["states"][s] > 0 for s in ("compliant", "warning", "non_compliant", "unknown")
+        )
         assert summary["states"]["compliant"] > summary["states"]["non_compliant"]
         # vera is confined to finance: the organization summary is outside her subtree
         vera = {"Authorization": f"Bearer {tokens['vera']['token']}"}
-        assert requests.get(f"{url}/api/v1/scopes/{root}/compliance", headers=vera,
-                            timeout=10).status_code == 403
+        assert (
+            requests.get(
+                f"{url}/api/v1/scopes/{root}/compliance", headers=vera, timeout=10
+            ).status_code
+            == 403
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -112,11 +112,13 @@ def property_for(operation: Any, url: str, token: str, http: requests.Session) -
     """A hypothesis property: no generated request to ``operation`` gets a 5xx."""
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
     def never_5xx(case: Any) -> None:
-        response = case.call(base_url=url, session=http,
-                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = case.call(
+            base_url=url, session=http, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         assert response.status_code < 500, (case.method, case.path, response.text)
         if response.status_code >= 400:
             error = response.json()["error"]
@@ -129,7 +131,7 @@ def test_no_operation_answers_5xx(served: dict[str, Any]) -> None:
     # schemathesis' pytest plugin does not run under pytest 9 yet, so drive its strategies
     # with hypothesis directly: one property per operation of the served document.
     document = requests.get(f"{served['url']}/api/v1/openapi.json", timeout=10).json()
-    schema = schemathesis.openapi.from_dict(document)
+    schema: Any = schemathesis.openapi.from_dict(document)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
     with requests.Session() as http:

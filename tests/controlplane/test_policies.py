@@ -93,6 +93,7 @@ async def test_precedence_table_and_provenance(cp: ControlPlane) -> None:
             assert name not in rules
             continue
         rule = rules[name]
+        assert level is not None
         assert (rule["effect"], rule["origin"]["level"]) == (effect, level), name
         assert (
             levels[rule["origin"]["scope_id"]]
