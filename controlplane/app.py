@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from controlplane import db
 from controlplane.api import compliance, devices, enforcement, events, policies, tenancy
+from controlplane.audit_writer import audit_worker
 from controlplane.http import Api, errors_middleware, json_response
 from controlplane.openapi import build_openapi
 from controlplane.ratelimit import RateLimiter
@@ -79,8 +80,8 @@ async def create_app(
 
 
 def background_workers() -> list[Worker]:
-    """Long-lived duties (webhook delivery, compliance recompute), each a cleanup context."""
-    return [recompute_worker, webhook_sender]
+    """Long-lived duties (audit group commit, webhook delivery, compliance recompute)."""
+    return [audit_worker, recompute_worker, webhook_sender]
 
 
 def _bind(worker: Worker, state: ServiceState) -> Callable[[web.Application], Any]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -14,6 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from controlplane.ratelimit import RateLimiter
 from controlplane.settings import ControlPlaneSettings
 from controlplane.signing import Signer
+
+
+class AuditSink(Protocol):
+    """Appends a stand-alone event and returns once it is committed."""
+
+    async def append(self, tenant_id: str, event: Any) -> None: ...
 
 
 @dataclass
@@ -34,6 +40,8 @@ class ServiceState:
     """Effective policies keyed by (tenant, policy revision, scope set)."""
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     """Events that background workers wait on (``webhooks``, ``recompute``)."""
+    audit: AuditSink | None = None
+    """Group-commit writer for stand-alone events; set while the service runs."""
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Serializes write transactions on SQLite (unused on PostgreSQL)."""
 

@@ -9,9 +9,9 @@ tenant policy comes from the shared revision-keyed cache; a presented snapshot i
 signature-checked once per distinct document. Tenant and subtree confinement are checked
 against the caller on every request, cached or not.
 
-Only denials and confirmations append an ``enforcement_decided`` event: an allowed action is
-the endpoint's to log, and writing on every allow would serialize all checks on the SQLite
-write lock.
+Only denials and confirmations append an ``enforcement_decided`` event, through the audit
+group-commit writer: an allowed action is the endpoint's to log, and writing on every allow
+would serialize all checks on the SQLite write lock.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from controlplane.enforcement import (
     check,
 )
 from controlplane.errors import ConflictError, NotFoundError, UnprocessableError
-from controlplane.events import append_event
+from controlplane.events import NewEvent, append_events
 from controlplane.http import Api, ApiRequest, Strict
 from controlplane.models import Device, DeviceScope, Scope, Tenant, utcnow
 from controlplane.policy_model import Action, Manager, PackageName
@@ -331,30 +331,35 @@ async def _record(
         outcome = "denied" if decision.enforced else "would_deny"
     else:
         outcome = "confirmation_required"
-    async with req.state.writing() as session:
-        await append_event(
-            session,
-            tenant_id=device.tenant_id,
-            type="enforcement_decided",
-            action=request.action,
-            outcome=outcome,
-            actor=req.me.actor,
-            correlation_id=req.correlation_id,
-            scope_id=device.scopes[0][0] if device.scopes else None,
-            device_id=device.id,
-            manager=request.manager,
-            policy_version=decision.policy_version,
-            data={
-                "package": request.package,
-                "version": request.version,
-                "mode": device.mode,
-                "source": source,
-                "allowed": decision.allowed,
-                "requires_confirmation": decision.requires_confirmation,
-                "reason": decision.reason,
-                "rule": decision.rule.as_dict(),
-            },
-        )
+    event = NewEvent(
+        type="enforcement_decided",
+        action=f"package.{request.action}",
+        outcome=outcome,
+        actor=req.me.actor,
+        correlation_id=req.correlation_id,
+        scope_id=device.scopes[0][0] if device.scopes else None,
+        device_id=device.id,
+        manager=request.manager,
+        policy_version=decision.policy_version,
+        data={
+            "package": request.package,
+            "version": request.version,
+            "mode": device.mode,
+            "source": source,
+            "allowed": decision.allowed,
+            "requires_confirmation": decision.requires_confirmation,
+            "reason": decision.reason,
+            "rule": decision.rule.as_dict(),
+        },
+    )
+    state = req.state
+    if state.audit is not None:
+        # A decision has no transaction of its own to join: the group-commit writer batches
+        # it with concurrent ones and returns once it is committed.
+        await state.audit.append(device.tenant_id, event)
+        return
+    async with state.writing() as session:
+        await append_events(session, device.tenant_id, [event])
 
 
 @api.route(

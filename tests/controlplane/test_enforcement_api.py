@@ -180,9 +180,9 @@ async def test_only_denials_and_confirmations_are_recorded(cp: ControlPlane) -> 
     await decide(owner, d["enforced"], "upgrade", "macOS", "15.2", manager="softwareupdate")
     recorded = await events(cp, f.t.id)
     assert [(e.outcome, e.device_id, e.action) for e in recorded] == [
-        ("denied", d["enforced"], "install"),
-        ("would_deny", d["readonly"], "install"),
-        ("confirmation_required", d["enforced"], "upgrade"),
+        ("denied", d["enforced"], "package.install"),
+        ("would_deny", d["readonly"], "package.install"),
+        ("confirmation_required", d["enforced"], "package.upgrade"),
     ]
     first = recorded[0]
     assert first.manager == "brew" and first.policy_version == "platform@1"
