@@ -23,10 +23,11 @@ import sys
 from aiohttp import web
 
 async def echo(request):
-    return web.json_response({"path": request.path})
+    body = await request.read()
+    return web.json_response({"path": request.path, "bytes": len(body)})
 
 app = web.Application()
-app.router.add_get("/{tail:.*}", echo)
+app.router.add_route("*", "/{tail:.*}", echo)
 runner_port = int(sys.argv[1])
 print(f"echo: http://127.0.0.1:{runner_port}", flush=True)
 web.run_app(app, host="127.0.0.1", port=runner_port, print=None, access_log=None)

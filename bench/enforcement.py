@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import platform
 import random
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +35,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.common import echo_server, free_port, subprocess_server
 from controlplane.app import create_app
 from controlplane.effective import EffectivePolicy, ScopeInfo, resolve
 from controlplane.enforcement import EnforcementRequest, Installed, check
@@ -358,10 +361,13 @@ async def echo_app() -> web.Application:
     return app
 
 
-async def through_http(rate: float, seconds: float, devices: int, attribute: bool) -> None:
+async def through_http(
+    rate: float, seconds: float, devices: int, attribute: bool, in_process: bool
+) -> None:
     import controlplane.api.enforcement as handler
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         boot = "boot-" + uuid.uuid4().hex
         # The rate limit is raised so the bench measures the check, not the limiter (the
         # default, 200/s per principal, would sit exactly at the offered rate).
@@ -371,8 +377,36 @@ async def through_http(rate: float, seconds: float, devices: int, attribute: boo
             rate_limit_per_second=100_000,
             rate_limit_burst=100_000,
         )
-        cp_runner, cp_url = await serve(await create_app(settings))
-        echo_runner, echo_url = await serve(await echo_app())
+        runners: list[web.AppRunner] = []
+        if in_process:
+            cp_runner, cp_url = await serve(await create_app(settings))
+            echo_runner, echo_url = await serve(await echo_app())
+            runners = [cp_runner, echo_runner]
+        else:
+            # The deployed shape: the control plane in its own process (the real serve
+            # command), the echo baseline in another, this process only sends.
+            cp_url = stack.enter_context(
+                subprocess_server(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway.cli",
+                        "controlplane",
+                        "serve",
+                        "--data-dir",
+                        tmp,
+                        "--port",
+                        str(free_port()),
+                    ],
+                    {
+                        "GOODBOT_CP_BOOTSTRAP_TOKEN": boot,
+                        "GOODBOT_CP_RATE_LIMIT_PER_SECOND": "100000",
+                        "GOODBOT_CP_RATE_LIMIT_BURST": "100000",
+                    },
+                    "control plane:",
+                )
+            )
+            echo_url = stack.enter_context(echo_server())
         connector = aiohttp.TCPConnector(limit=64)
         try:
             async with aiohttp.ClientSession(connector=connector) as http:
@@ -417,19 +451,25 @@ async def through_http(rate: float, seconds: float, devices: int, attribute: boo
 
                 for send in (echo, check_sender(allow_mix), check_sender(deny_mix)):
                     await steady(send, rate, 1.0)  # warm connections, caches, code paths
+                shape = (
+                    "one process and event loop (client and server)"
+                    if in_process
+                    else "server and echo each in their own process"
+                )
                 print(
                     f"through HTTP, {rate:.0f} requests/s for {seconds:.0f} s each, "
-                    f"{devices} devices, one process and event loop (client and server)"
+                    f"{devices} devices, {shape}"
                 )
                 ttl = handler.FACTS_TTL
-                runs = (
+                runs = [
                     ("bare aiohttp echo (baseline)", echo, ttl),
                     ("check, allow path", check_sender(allow_mix), ttl),
-                    ("check, allow path, FACTS_TTL=0", check_sender(allow_mix), 0.0),
                     ("check, 1 in 13 denied", check_sender(deny_mix), ttl),
-                )
+                ]
+                if in_process:  # the facts cache can only be switched off in-process
+                    runs.insert(2, ("check, allow path, FACTS_TTL=0", check_sender(allow_mix), 0.0))
                 collections = FullCollections()
-                attribution = Attribution() if attribute else None
+                attribution = Attribution() if attribute and in_process else None
                 p99s = []
                 for label, send, facts_ttl in runs:
                     # TTL 0 re-reads every device on every check: a large fleet where each
@@ -445,8 +485,8 @@ async def through_http(rate: float, seconds: float, devices: int, attribute: boo
                 verdict = "meets" if max(p99s[1:]) <= HTTP_TARGET_P99_MS else "MISSES"
                 print(f"  target p99 <= {HTTP_TARGET_P99_MS:.0f} ms: {verdict}")
         finally:
-            await cp_runner.cleanup()
-            await echo_runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
 
 
 def main() -> None:
@@ -458,11 +498,18 @@ def main() -> None:
     parser.add_argument(
         "--attribute", action="store_true", help="also time auth, device, policy and event steps"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="serve from this process (allows --attribute and the FACTS_TTL=0 run)",
+    )
     args = parser.parse_args()
     print(machine())
     print(f"before: {load()}")
     in_process(args.calls)
-    asyncio.run(through_http(args.rate, args.seconds, args.devices, args.attribute))
+    asyncio.run(
+        through_http(args.rate, args.seconds, args.devices, args.attribute, args.in_process)
+    )
     print(f"after: {load()}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy import select
@@ -165,8 +166,14 @@ def bootstrap_ok(presented: str, configured: str | None) -> bool:
     return configured is not None and hmac.compare_digest(presented.encode(), configured.encode())
 
 
-async def authenticate(session: AsyncSession, secret: str, act_as: str | None) -> Caller:
-    """Resolve a bearer secret (and an optional acting principal) to a caller, or raise 401/403."""
+async def authenticate(
+    session: AsyncSession, secret: str, act_as: str | None
+) -> tuple[Caller, datetime | None]:
+    """Resolve a bearer secret (and an optional acting principal) to a caller, or raise 401/403.
+
+    Returns:
+        The caller and the token's expiry (None when it does not expire).
+    """
     row = (
         await session.execute(
             select(ApiToken, Principal, Scope)
@@ -192,7 +199,7 @@ async def authenticate(session: AsyncSession, secret: str, act_as: str | None) -
         scope_path=scope.path,
     )
     if act_as is None:
-        return caller
+        return caller, token.expires_at
     if not principal.may_act_for_others:
         raise ForbiddenError(
             "this credential may not act on behalf of another principal", field="X-Act-As"
@@ -215,4 +222,4 @@ async def authenticate(session: AsyncSession, secret: str, act_as: str | None) -
         scope_id=other.scope_id,
         scope_path=other_scope.path,
         via=principal.name,
-    )
+    ), token.expires_at

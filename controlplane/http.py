@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controlplane.access import Caller, authenticate, bootstrap_ok, permits, require
+from controlplane.access import Caller, authenticate, bootstrap_ok, hash_token, permits, require
 from controlplane.errors import (
     ApiError,
     BadRequestError,
@@ -32,6 +32,7 @@ from controlplane.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
+from controlplane.models import utcnow
 from controlplane.state import STATE, ServiceState
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,7 @@ def _bearer(request: web.Request) -> str:
 async def _authenticate(request: web.Request, state: ServiceState) -> Caller:
     secret = _bearer(request)
     act_as = request.headers.get("X-Act-As")
-    async with state.sessions() as session:
-        caller = await authenticate(session, secret, act_as)
+    caller = await _cached_caller(state, hash_token(secret), secret, act_as)
     retry_after = state.limiter.take(caller.principal_id, time.monotonic())
     if retry_after is not None:
         raise RateLimitedError(
@@ -297,6 +297,34 @@ async def _authenticate(request: web.Request, state: ServiceState) -> Caller:
             retry_after=retry_after,
         )
     request[CALLER] = caller
+    return caller
+
+
+AUTH_CACHE_MAX: Final = 10_000
+
+
+async def _cached_caller(
+    state: ServiceState, token_hash: str, secret: str, act_as: str | None
+) -> Caller:
+    """The caller for a token, from the short-lived cache or the database.
+
+    The lookup is most of the cost of a cheap request on SQLite (several driver round trips);
+    failures are never cached, so a new token works at once and a bad one is checked each time.
+    """
+    key = (token_hash, act_as)
+    now = time.monotonic()
+    hit = state.auth_cache.get(key)
+    if hit is not None and hit[0] > now:
+        return cast(Caller, hit[1])
+    async with state.sessions() as session:
+        caller, expires_at = await authenticate(session, secret, act_as)
+    ttl = state.settings.auth_cache_seconds
+    if expires_at is not None:
+        ttl = min(ttl, (expires_at - utcnow()).total_seconds())
+    if ttl > 0:
+        if len(state.auth_cache) >= AUTH_CACHE_MAX:
+            state.auth_cache.clear()
+        state.auth_cache[key] = (now + ttl, caller)
     return caller
 
 

@@ -41,6 +41,10 @@ class ControlPlaneSettings(BaseSettings):
     rate_limit_burst: int = Field(default=400, ge=1)
     """Requests a principal may make in a burst before the sustained rate applies."""
 
+    auth_cache_seconds: float = Field(default=2.0, ge=0)
+    """How long an authenticated token is trusted without a database lookup. A revocation takes
+    effect at once on the replica that revoked and within this time on the others; 0 disables."""
+
     stale_checkin_after: timedelta = timedelta(days=7)
     """A device whose last check-in is older than this is in compliance state ``unknown``."""
 

@@ -40,6 +40,8 @@ class ServiceState:
     """Effective policies keyed by (tenant, policy revision, scope set)."""
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     """Events that background workers wait on (``webhooks``, ``recompute``)."""
+    auth_cache: dict[tuple[str, str | None], tuple[float, Any]] = field(default_factory=dict)
+    """(token hash, acted principal) → (monotonic expiry, Caller), see ``auth_cache_seconds``."""
     audit: AuditSink | None = None
     """Group-commit writer for stand-alone events; set while the service runs."""
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -525,6 +525,8 @@ async def revoke_token(req: ApiRequest) -> None:
             raise NotFoundError("no such token", field="token_id")
         if token.revoked_at is None:
             token.revoked_at = utcnow()
+            for key in [k for k in req.state.auth_cache if k[0] == token.token_hash]:
+                del req.state.auth_cache[key]
             await append_event(
                 session,
                 tenant_id=me.tenant_id,
