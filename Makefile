@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= .goodbot
 
-.PHONY: run check test lint fmt types contracts bench clean system-deps
+.PHONY: run check test lint fmt types contracts bench clean system-deps migration
 
 $(PY):
 	@interp="$$(bash deploy/find-python.sh)" || exit 1; \
@@ -45,7 +45,12 @@ test: $(STAMP) system-deps
 check: lint types contracts test
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Regenerate the newest unreleased migration from the models: make migration REV=0002 MSG="…"
+migration: $(STAMP)
+	rm -f controlplane/migrations/versions/$(REV)_*.py
+	$(PY) deploy/new-migration.py $(REV) "$(MSG)"

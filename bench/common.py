@@ -28,9 +28,10 @@ async def echo(request):
 
 app = web.Application()
 app.router.add_route("*", "/{tail:.*}", echo)
-runner_port = int(sys.argv[1])
-print(f"echo: http://127.0.0.1:{runner_port}", flush=True)
-web.run_app(app, host="127.0.0.1", port=runner_port, print=None, access_log=None)
+port = int(sys.argv[1])
+# run_app calls `print` once the socket listens: only then is the URL worth announcing.
+web.run_app(app, host="127.0.0.1", port=port, access_log=None,
+            print=lambda _: print(f"echo: http://127.0.0.1:{port}", flush=True))
 """
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.access import Caller
+from controlplane.access import Caller, require, within
 from controlplane.api.devices import device_for
 from controlplane.api.tenancy import scope_in_tenant
 from controlplane.compliance import record_json
@@ -187,19 +187,35 @@ def _is_organization_wide(caller: Caller) -> bool:
     response=ComplianceOut,
 )
 async def device_compliance(req: ApiRequest) -> ComplianceOut:
+    me, device_id = req.me, req.path("device_id")
+    # One statement for the common case: the record with the paths of the device's scopes,
+    # checked against the caller's subtree here (the read the gateway makes most often).
     async with req.state.sessions() as session:
-        device, _ = await device_for(session, req.me, req.path("device_id"))
-        record = await session.get(ComplianceRecord, device.id)
-    if record is None:
-        return ComplianceOut(
-            device_id=device.id,
-            state="unknown",
-            policy_version=None,
-            evaluated_at=None,
-            reason="the device has not been evaluated yet",
-            violations=[],
-        )
-    return ComplianceOut.model_validate(record_json(record))
+        rows = (
+            await session.execute(
+                select(ComplianceRecord, Scope.path)
+                .join(DeviceScope, DeviceScope.device_id == ComplianceRecord.device_id)
+                .join(Scope, Scope.id == DeviceScope.scope_id)
+                .where(
+                    ComplianceRecord.device_id == device_id,
+                    ComplianceRecord.tenant_id == me.tenant_id,
+                )
+            )
+        ).all()
+        if not rows:  # unknown device, another tenant's, or not evaluated yet
+            device, _ = await device_for(session, me, device_id)
+            return ComplianceOut(
+                device_id=device.id,
+                state="unknown",
+                policy_version=None,
+                evaluated_at=None,
+                reason="the device has not been evaluated yet",
+                violations=[],
+            )
+    paths = [path for _, path in rows]
+    if not any(within(me, path).allowed for path in paths):
+        require(within(me, paths[0]))
+    return ComplianceOut.model_validate(record_json(rows[0][0]))
 
 
 @api.route(

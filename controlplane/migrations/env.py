@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import controlplane.models_release  # noqa: F401  (registers the part II tables)
 from controlplane.models import Base
 
 connection = context.config.attributes.get("connection")

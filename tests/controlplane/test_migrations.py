@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
+import controlplane.models_release  # noqa: F401  (registers the part II tables)
 from controlplane.models import Base
 from tests.controlplane.client import ControlPlane
 
