@@ -22,6 +22,13 @@ LEVELS: Final = ("organization", "department", "team", "environment", "device_gr
 
 READ: Final = frozenset(
     {
+        "catalog.read",
+        "risk.read",
+        "evidence.read",
+        "intent.read",
+        "rollout.read",
+        "approval.read",
+        "incident.read",
         "tenant.read",
         "scope.read",
         "principal.read",
@@ -48,6 +55,16 @@ ALL: Final = (
             "webhook.read",
             "webhook.write",
             "compliance.recompute",
+            "catalog.write",
+            "artifact.write",
+            "risk.assess",
+            "exception.request",
+            "exception.decide",
+            "evidence.write",
+            "intent.write",
+            "rollout.operate",
+            "approval.decide",
+            "incident.write",
         }
     )
 )
@@ -60,6 +77,7 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     | AUDIT
     | frozenset(
         {
+            "catalog.write",
             "scope.write",
             "principal.write",
             "token.write",
@@ -72,12 +90,22 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     ),
     "auditor": READ | AUDIT,
     "operator": READ | OPERATE,
-    "endpoint_ops": READ | OPERATE | frozenset({"event.read", "compliance.recompute"}),
+    "endpoint_ops": READ
+    | OPERATE
+    | frozenset({"event.read", "compliance.recompute", "rollout.operate", "incident.write"}),
     "viewer": READ,
-    "packaging_engineer": READ,
-    "publisher": READ,
-    "cab_approver": READ | frozenset({"event.read"}),
-    "security_reviewer": READ | AUDIT,
+    # seed 002 §5.5 and §14.1: packaging builds and stages but never publishes to production;
+    # publishers publish approved artifacts; CAB approves; security owns exceptions.
+    "packaging_engineer": READ
+    | frozenset(
+        {"catalog.write", "artifact.write", "evidence.write", "risk.assess", "exception.request"}
+    ),
+    "publisher": READ
+    | frozenset(
+        {"intent.write", "rollout.operate", "evidence.write", "risk.assess", "exception.request"}
+    ),
+    "cab_approver": READ | frozenset({"event.read", "approval.decide"}),
+    "security_reviewer": READ | AUDIT | frozenset({"exception.decide", "incident.write"}),
 }
 """Role → permissions (dotted lowercase actions). Seed 001 roles plus seed 002's EUCORA roles."""
 

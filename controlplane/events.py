@@ -49,6 +49,24 @@ EVENT_TYPES: Final = (
     "access_changed",
     "scope_changed",
     "webhook_changed",
+    # seed 002: catalog, risk, approvals, rollouts, execution planes (control plane part II)
+    "catalog_changed",
+    "artifact_registered",
+    "risk_assessed",
+    "exception_requested",
+    "exception_decided",
+    "exception_expiring",
+    "evidence_stored",
+    "intent_created",
+    "approval_requested",
+    "approval_decided",
+    "gate_evaluated",
+    "rollout_promoted",
+    "rollout_paused",
+    "rollout_resumed",
+    "rollout_rolled_back",
+    "incident_changed",
+    "connector_task",
 )
 """Seed 001 §8 event types plus the control plane's own administrative ones."""
 

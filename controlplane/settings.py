@@ -63,6 +63,31 @@ class ControlPlaneSettings(BaseSettings):
     webhook_allow_private_networks: bool = False
     """Let webhooks target loopback and private addresses (tests, closed networks only)."""
 
+    cab_risk_threshold: float = Field(default=50.0, ge=0, le=100)
+    """Risk scores above this need CAB approval before publishing beyond Ring 1 (seed 002 §9.3)."""
+
+    gate_success_rate: dict[int, float] = {1: 0.98, 2: 0.97, 3: 0.99, 4: 0.99}
+    """Install success rate a ring must reach before promotion out of it (seed 002 §10.2)."""
+
+    gate_min_devices: dict[int, int] = {0: 1, 1: 20, 2: 50, 3: 100, 4: 100}
+    """Devices that must have reported before a ring's success rate counts (else inconclusive)."""
+
+    time_to_compliance: dict[str, timedelta] = {
+        "online": timedelta(hours=24),
+        "intermittent": timedelta(hours=72),
+        "air_gapped": timedelta(days=7),
+    }
+    """Longest a device of each site class may take to install (seed 002 §10.2)."""
+
+    simulator_success_rate: float = Field(default=0.995, ge=0, le=1)
+    """Fleet simulator: share of installs that succeed."""
+
+    simulator_tick_seconds: float = Field(default=2.0, gt=0)
+    """Fleet simulator: how often it advances installs (0 < tick)."""
+
+    simulator_enabled: bool = True
+    """Run the built-in fleet simulator as the execution plane."""
+
     def resolved_database_url(self) -> str:
         """The database URL to connect to, defaulting to SQLite inside ``data_dir``."""
         if self.database_url:

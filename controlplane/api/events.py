@@ -234,6 +234,23 @@ Subscribable = Literal[
     "scope_changed",
     "webhook_changed",
     "*",
+    "catalog_changed",
+    "artifact_registered",
+    "risk_assessed",
+    "exception_requested",
+    "exception_decided",
+    "exception_expiring",
+    "evidence_stored",
+    "intent_created",
+    "approval_requested",
+    "approval_decided",
+    "gate_evaluated",
+    "rollout_promoted",
+    "rollout_paused",
+    "rollout_resumed",
+    "rollout_rolled_back",
+    "incident_changed",
+    "connector_task",
 ]
 assert set(Subscribable.__args__) == {*EVENT_TYPES, ANY_TYPE}  # type: ignore[attr-defined]
 
