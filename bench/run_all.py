@@ -1,6 +1,6 @@
 """Run every benchmark in turn, each printing its figures beside a same-run baseline.
 
-    .venv/bin/python bench/run_all.py      (or: make bench)
+.venv/bin/python bench/run_all.py      (or: make bench)
 """
 
 from __future__ import annotations
