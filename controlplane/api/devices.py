@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane.access import Caller, require, within
 from controlplane.api.tenancy import scope_in_tenant
 from controlplane.compliance import evaluate_device, record_json, withdraw_device
-from controlplane.errors import ConflictError, NotFoundError, UnprocessableError
+from controlplane.errors import ApiError, ConflictError, NotFoundError, UnprocessableError
 from controlplane.events import append_event
 from controlplane.http import Api, ApiRequest, Page, Strict, decode_cursor, paginate
 from controlplane.models import ComplianceRecord, Device, DeviceScope, Scope, new_id, utcnow
@@ -336,56 +336,137 @@ async def report_inventory(req: ApiRequest) -> InventoryAccepted:
     body = req.body
     assert isinstance(body, InventoryReport)
     me = req.me
-    rows = _rows(body.packages)
-    if len({(r[0], r[1]) for r in rows}) != len(rows):
-        raise UnprocessableError("a package is listed twice for the same manager", field="packages")
+    rows = _checked_rows(body.packages, "packages")
     async with req.state.writing() as session:
         device, _ = await device_for(session, me, req.path("device_id"))
-        if body.sequence < device.inventory_seq:
+        return await _apply(session, req, device, body.sequence, rows)
+
+
+def _checked_rows(packages: list[Package], field: str) -> list[list[Any]]:
+    rows = _rows(packages)
+    if len({(r[0], r[1]) for r in rows}) != len(rows):
+        raise UnprocessableError("a package is listed twice for the same manager", field=field)
+    return rows
+
+
+async def _apply(
+    session: AsyncSession, req: ApiRequest, device: Device, sequence: int, rows: list[list[Any]]
+) -> InventoryAccepted:
+    """Apply one report to a device inside the caller's transaction (idempotent by sequence)."""
+    me = req.me
+    if sequence < device.inventory_seq:
+        raise ConflictError(
+            f"sequence {sequence} is older than the applied {device.inventory_seq}",
+            field="sequence",
+            details={"applied_sequence": device.inventory_seq},
+        )
+    if sequence == device.inventory_seq:
+        if device.inventory != rows:
             raise ConflictError(
-                f"sequence {body.sequence} is older than the applied {device.inventory_seq}",
-                field="sequence",
-                details={"applied_sequence": device.inventory_seq},
+                f"sequence {sequence} was already applied with other content", field="sequence"
             )
-        if body.sequence == device.inventory_seq:
-            if device.inventory != rows:
-                raise ConflictError(
-                    f"sequence {body.sequence} was already applied with other content",
-                    field="sequence",
-                )
-            record = await session.get(ComplianceRecord, device.id)
-            return InventoryAccepted(
-                device_id=device.id,
-                sequence=body.sequence,
-                accepted=False,
-                compliance=None if record is None else record_json(record),
-            )
-        device.inventory = rows
-        device.inventory_seq = body.sequence
-        device.last_checkin_at = device.updated_at = utcnow()
-        await session.flush()
-        await append_event(
-            session,
-            tenant_id=me.tenant_id,
-            type="inventory_reported",
-            action="inventory.report",
-            outcome="success",
-            actor=me.actor,
-            correlation_id=req.correlation_id,
+        record = await session.get(ComplianceRecord, device.id)
+        return InventoryAccepted(
             device_id=device.id,
-            data={"sequence": body.sequence, "packages": len(rows)},
+            sequence=sequence,
+            accepted=False,
+            compliance=None if record is None else record_json(record),
         )
-        compliance = await evaluate_device(
-            session,
-            req.state,
-            me.tenant_id,
-            device.id,
-            actor=me.actor,
-            correlation_id=req.correlation_id,
-        )
-    return InventoryAccepted(
-        device_id=device.id, sequence=body.sequence, accepted=True, compliance=compliance
+    device.inventory = rows
+    device.inventory_seq = sequence
+    device.last_checkin_at = device.updated_at = utcnow()
+    await session.flush()
+    await append_event(
+        session,
+        tenant_id=me.tenant_id,
+        type="inventory_reported",
+        action="inventory.report",
+        outcome="success",
+        actor=me.actor,
+        correlation_id=req.correlation_id,
+        device_id=device.id,
+        data={"sequence": sequence, "packages": len(rows)},
     )
+    compliance = await evaluate_device(
+        session,
+        req.state,
+        me.tenant_id,
+        device.id,
+        actor=me.actor,
+        correlation_id=req.correlation_id,
+    )
+    return InventoryAccepted(
+        device_id=device.id, sequence=sequence, accepted=True, compliance=compliance
+    )
+
+
+class BatchItem(Strict):
+    device_id: str = Field(min_length=1, max_length=40)
+    sequence: int = Field(ge=0, le=2**62)
+    packages: list[Package] = Field(max_length=20_000)
+
+
+class BatchReport(Strict):
+    reports: list[BatchItem] = Field(min_length=1, max_length=500)
+    """One report per device; a device may appear once."""
+
+
+class BatchResult(BaseModel):
+    device_id: str
+    status: Literal["accepted", "replay", "refused"]
+    """``replay``: this sequence was applied before and nothing changed."""
+    state: str | None = None
+    """The device's compliance state after the report."""
+    error: dict[str, Any] | None = None
+    """Why a report was refused (the same shape as a single report's error)."""
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+
+
+@api.route(
+    "POST",
+    "/inventory/reports",
+    summary="Report the inventories of many devices (a collector or an execution plane)",
+    permission="inventory.report",
+    tag="devices",
+    body=BatchReport,
+    response=BatchOut,
+)
+async def report_inventories(req: ApiRequest) -> BatchOut:
+    body = req.body
+    assert isinstance(body, BatchReport)
+    ids = [item.device_id for item in body.reports]
+    if len(set(ids)) != len(ids):
+        raise UnprocessableError("a device appears twice in one batch", field="reports")
+    results: list[BatchResult] = []
+    # Each report is its own transaction: one bad report (stale, unknown device, outside the
+    # caller's subtree) is refused on its own and never undoes the others.
+    for n, item in enumerate(body.reports):
+        try:
+            rows = _checked_rows(item.packages, f"reports.{n}.packages")
+            async with req.state.writing() as session:
+                device, _ = await device_for(session, req.me, item.device_id)
+                done = await _apply(session, req, device, item.sequence, rows)
+        except ApiError as exc:
+            results.append(
+                BatchResult(
+                    device_id=item.device_id,
+                    status="refused",
+                    error={"code": exc.code, "message": exc.message, "status": exc.status},
+                )
+            )
+            continue
+        state = None if done.compliance is None else done.compliance.get("state")
+        results.append(
+            BatchResult(
+                device_id=item.device_id,
+                status="accepted" if done.accepted else "replay",
+                state=state,
+            )
+        )
+    return BatchOut(results=results)
 
 
 @api.route(
