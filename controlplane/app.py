@@ -9,8 +9,22 @@ from aiohttp import web
 from sqlalchemy import text
 
 from controlplane import db
-from controlplane.api import compliance, devices, enforcement, events, policies, tenancy
+from controlplane.api import (
+    approvals,
+    catalog,
+    compliance,
+    devices,
+    enforcement,
+    events,
+    evidence,
+    incidents,
+    policies,
+    risk,
+    rollouts,
+    tenancy,
+)
 from controlplane.audit_writer import audit_worker
+from controlplane.connectors.worker import simulator_worker
 from controlplane.http import Api, errors_middleware, json_response
 from controlplane.openapi import build_openapi
 from controlplane.ratelimit import RateLimiter
@@ -18,6 +32,7 @@ from controlplane.recompute import recompute_worker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.signing import Signer
 from controlplane.state import STATE, ServiceState
+from controlplane.sweeps import release_sweeper
 from controlplane.webhooks import webhook_sender
 
 VERSION = "0.1.0"
@@ -28,7 +43,20 @@ Worker = Callable[[ServiceState], AsyncIterator[None]]
 def build_api() -> Api:
     """Every route of the service."""
     api = Api()
-    for module in (tenancy, devices, policies, compliance, enforcement, events):
+    for module in (
+        tenancy,
+        devices,
+        policies,
+        compliance,
+        enforcement,
+        events,
+        catalog,
+        evidence,
+        risk,
+        approvals,
+        rollouts,
+        incidents,
+    ):
         api.include(module.api)
     return api
 
@@ -80,8 +108,9 @@ async def create_app(
 
 
 def background_workers() -> list[Worker]:
-    """Long-lived duties (audit group commit, webhook delivery, compliance recompute)."""
-    return [audit_worker, recompute_worker, webhook_sender]
+    """Long-lived duties (audit group commit, webhook delivery, compliance recompute, release
+    sweeps, and the fleet simulator, which does nothing unless ``simulator_enabled``)."""
+    return [audit_worker, recompute_worker, webhook_sender, release_sweeper, simulator_worker]
 
 
 def _bind(worker: Worker, state: ServiceState) -> Callable[[web.Application], Any]:

@@ -307,6 +307,14 @@ def _leaf_groups(ids: dict[str, str]) -> list[str]:
     return sorted(p for p in leaves if p.count(".") >= 2)
 
 
+def _ring(n: int, leaf: str) -> int:
+    """Rollout ring of demo device ``n``: a small lab, 5 % canary, 15 % pilot, 30 % department."""
+    if leaf.endswith("canary-macs") and n % 10 == 0:
+        return 0
+    bucket = (n * 37) % 100
+    return 1 if bucket < 5 else 2 if bucket < 20 else 3 if bucket < 50 else 4
+
+
 def _devices(
     rng: random.Random, tenant_id: str, ids: dict[str, str], now: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -367,7 +375,7 @@ def _devices(
                 "platform": "macos",
                 "site_class": rng.choice(["online"] * 8 + ["intermittent"] * 2),
                 "managed_mode": "managed-enforced" if n % 3 else "managed-readonly",
-                "ring": 0 if leaf.endswith("canary-macs") else 1 if n % 50 == 0 else 4,
+                "ring": _ring(n, leaf),
                 "last_checkin_at": None if never else last,
                 "inventory_seq": -1 if never else seq,
                 "inventory": [] if never else inventory,

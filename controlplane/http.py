@@ -111,8 +111,11 @@ class ApiRequest:
         return self.caller
 
     def path(self, name: str) -> str:
-        """A path parameter."""
-        return self.request.match_info[name]
+        """A path parameter (no id contains a NUL, and PostgreSQL text cannot hold one)."""
+        value = self.request.match_info[name]
+        if "\x00" in value:
+            raise NotFoundError(f"no such {name}", field=name)
+        return value
 
     @property
     def correlation_id(self) -> str:
@@ -228,6 +231,10 @@ async def _read_body(
         raise BadRequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError("body must be a JSON object")
+    where = _nul_at(data, "")
+    if where is not None:
+        # PostgreSQL text cannot store U+0000; refuse it for every backend alike.
+        raise UnprocessableError("NUL characters are not accepted", field=where or "body")
     try:
         return model.model_validate(data), data
     except ValidationError as exc:
@@ -235,8 +242,31 @@ async def _read_body(
         raise UnprocessableError(message, field=where) from None
 
 
+def _nul_at(value: Any, where: str) -> str | None:
+    """The path of the first string (or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if "\x00" in key:
+                return inner
+            found = _nul_at(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _nul_at(item, f"{where}.{n}" if where else str(n))
+            if found is not None:
+                return found
+    return None
+
+
 def _read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
     values: dict[str, Any] = {}
+    for key, raw in request.query.items():
+        if "\x00" in key or "\x00" in raw:
+            raise BadRequestError("NUL characters are not accepted", field=key)
     for key in request.query:
         items = request.query.getall(key)
         annotation = model.model_fields.get(key)

@@ -197,6 +197,9 @@ class DeviceInstall(Base):
     """pending, succeeded, failed, rolled_back."""
     assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
     reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    previous_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    """Version the device had before this install succeeded (None: the package was absent);
+    a rollback restores it."""
 
 
 class Approval(Base):

@@ -98,3 +98,15 @@ async def test_rate_limit_answers_429_with_retry_after(
         assert r.status == 429
         assert_shape(r.body, "rate_limited")
         assert int(r.headers["Retry-After"]) >= 1
+
+
+async def test_nul_characters_are_refused_not_5xx(cp: ControlPlane) -> None:
+    t = await cp.tenant()
+    r = await t.owner.get("/api/v1/scopes/a%00b")
+    assert r.status == 404
+    r = await t.owner.get("/api/v1/scopes", params={"parent_id": "a\x00b"})
+    assert r.status == 400 and r.body["error"]["field"] == "parent_id"
+    r = await t.owner.post(
+        "/api/v1/scopes", {"parent_id": t.root, "level": "department", "name": "x\x00y"}
+    )
+    assert r.status == 422 and r.body["error"]["field"] == "name"

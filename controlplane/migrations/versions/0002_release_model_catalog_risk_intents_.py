@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 12:30:16.704153
+Create Date: 2026-11-22 12:33:48.285677
 """
 
 from alembic import op
@@ -230,6 +230,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('assigned_at', controlplane.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('reported_at', controlplane.models.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('previous_version', sa.String(length=100), nullable=True),
     sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_device_installs_device_id_devices')),
     sa.ForeignKeyConstraint(['intent_id'], ['deployment_intents.id'], name=op.f('fk_device_installs_intent_id_deployment_intents')),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_device_installs_tenant_id_tenants')),
