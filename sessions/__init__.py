@@ -1,1 +1,4 @@
-"""goodbot sessions: conversations, confirmations, conversation references and the audit chain."""
+"""Sessions, beside the request path: conversations, inbox, confirmations, references, audit.
+
+``sessions.store.SessionStore`` is the entry point; the gateway's composition root opens one.
+"""

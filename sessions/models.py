@@ -1,0 +1,199 @@
+"""Sessions, beside the request path: the gateway's tables (SQLAlchemy 2, SQLite or PostgreSQL).
+
+Text that reaches these tables (message text, audit data, errors) has already been redacted
+by the policy layer; only a confirmation's arguments are stored as given, because they are
+what gets executed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+"""JSON that is only stored and read back whole (JSONB on PostgreSQL)."""
+
+ExactJson = JSON()
+"""JSON kept as written (``json``, not ``jsonb``, on PostgreSQL): audit data is hashed, and
+JSONB would rewrite numbers such as ``1e20`` into a form that hashes differently."""
+
+Serial = BigInteger().with_variant(Integer, "sqlite")
+"""An auto-incrementing key (SQLite only auto-increments ``INTEGER PRIMARY KEY``)."""
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Conversation(Base):
+    """A thread of messages on one channel, found by the channel's own key for it."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("channel", "external_key"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(40))
+    external_key: Mapped[str] = mapped_column(String(500))
+    """The channel's id for it: a Teams conversation id, a Slack channel+thread, ``cli:<p>``."""
+    principal_id: Mapped[str] = mapped_column(String(200))
+    """The principal whose message opened it."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_activity_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Message(Base):
+    """One inbound or outbound message; inbound ones double as the durable inbox."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation", "conversation_id", "id"),
+        Index("ix_messages_status", "status"),
+        Index("ix_messages_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Serial, primary_key=True)
+    """Increasing, so it orders a conversation's messages."""
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    direction: Mapped[str] = mapped_column(String(3))
+    """``in`` or ``out``."""
+    channel: Mapped[str] = mapped_column(String(40))
+    channel_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    principal_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Sender of an inbound message; the addressee, if known, of an outbound one."""
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(12))
+    """``accepted`` → ``processing`` → ``done`` | ``failed``."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    processed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ProcessedEvent(Base):
+    """A channel delivery already admitted; a retried delivery with the same id is dropped."""
+
+    __tablename__ = "processed_events"
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    """The message the first delivery became; no foreign key, so retention can drop either."""
+    conversation_id: Mapped[str] = mapped_column(String(40))
+
+
+class Confirmation(Base):
+    """A mutating tool call waiting for, or past, its principal's explicit decision."""
+
+    __tablename__ = "confirmations"
+    __table_args__ = (
+        Index("ix_confirmations_principal", "principal_id", "state"),
+        Index("ix_confirmations_state", "state", "expires_at"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """Unguessable (``secrets``), shown on the card and typed back by CLI users."""
+    principal_id: Mapped[str] = mapped_column(String(200))
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(40))
+    tool: Mapped[str] = mapped_column(String(100))
+    arguments: Mapped[str] = mapped_column(Text)
+    """RFC 8785 canonical JSON, kept as text so ``arguments_hash`` can be recomputed exactly."""
+    arguments_hash: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(12))
+    """pending → confirmed → executing → executed | failed; pending → denied | expired."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    executed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    """Sent with the execution; the control plane runs a key at most once."""
+    result: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ConversationReference(Base):
+    """What a channel needs to post into a conversation later (proactive replies)."""
+
+    __tablename__ = "conversation_references"
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    reference: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class NotificationSubscription(Base):
+    """A principal who wants to hear about a control-plane topic on a channel."""
+
+    __tablename__ = "notification_subscriptions"
+    principal_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AuditChainHead(Base):
+    """The newest audit record (one row, ``id`` 1); appends move it with a conditional UPDATE."""
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditRecord(Base):
+    """One link of the gateway's audit chain; its hash covers its fields and its predecessor."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_records_timestamp", "timestamp"),)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(60))
+    principal_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    data: Mapped[dict[str, Any]] = mapped_column(ExactJson)
+    timestamp: Mapped[datetime] = mapped_column(UtcDateTime)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
