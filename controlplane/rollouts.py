@@ -2,7 +2,7 @@
 
 Sits under the rollouts API (``controlplane.api.rollouts``), which gathers the inputs and
 enforces the outcome. Two reads touch the database, both cheap whatever the ring's size:
-``measure_ring`` aggregates a ring's installs in one GROUP BY statement, and
+``measure_ring`` aggregates a ring's installs in two small GROUP BY statements, and
 ``open_incidents`` lists an application's open incidents. Everything else is pure: each gate
 is a frozen ``Gate`` with its measured value, threshold, verdict and reason, and the decisions
 (``decide_promotion``, ``status_for``) are functions of gates.
@@ -435,8 +435,8 @@ def supply_chain_result(ok: bool, reason: str, exception_id: str | None) -> Gate
     )
 
 
-def cab_gate(required: bool, reason: str, ring: int, approval_id: str | None) -> Gate:
-    """CAB approval for entering ``ring`` where ``cab.cab_requirement`` says it is needed."""
+def cab_gate(required: bool, reason: str, approval_id: str | None) -> Gate:
+    """CAB approval for entering the next ring where ``cab.cab_requirement`` says it is needed."""
     detail: dict[str, Any] = {"required": required, "approval_id": approval_id}
     if not required:
         return Gate(

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.access import Caller, Decision, require, within
+from controlplane.api.catalog import app_for
 from controlplane.cab import cab_approved, cab_requirement, latest_assessment, request_cab
 from controlplane.catalog import supply_chain_gate
 from controlplane.errors import ConflictError, ForbiddenError, NotFoundError, UnprocessableError
@@ -83,7 +84,10 @@ class Window(Strict):
     end: AwareDatetime
     """When it closes; after ``start``."""
 
-    _utc = field_validator("start", "end")(_utc)
+    @field_validator("start", "end")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        return _utc(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> Window:
@@ -191,11 +195,14 @@ class RolloutList(BaseModel):
     next_cursor: str | None
 
 
-class RolloutQuery(Page):
-    app_id: str | None = Field(default=None, max_length=40)
-    """Only rollouts of this application."""
+class AppRolloutQuery(Page):
     status: StatusName | None = None
     """Only rollouts in this phase."""
+
+
+class RolloutQuery(AppRolloutQuery):
+    app_id: str | None = Field(default=None, max_length=40)
+    """Only rollouts of this application."""
 
 
 class PromoteIn(Strict):
@@ -239,16 +246,20 @@ async def _scope(session: AsyncSession, caller: Caller, scope_id: str, field: st
     return scope
 
 
-async def _check_target(
-    session: AsyncSession, caller: Caller, target: Scope, app: Application
-) -> None:
-    """``target ⊆ publisher scope`` and ``target ⊆ app scope`` (seed 002 §5.4.1)."""
+def _publisher_boundary(caller: Caller, target: Scope) -> None:
+    """``target ⊆ publisher scope`` (seed 002 §5.4.1)."""
     if not within(caller, target.path).allowed:
         raise _boundary(
             "boundary:publisher",
             f"target scope {target.id} is outside your scope subtree ({caller.scope_id})",
             publisher_scope_id=caller.scope_id,
         )
+
+
+async def _application_boundary(
+    session: AsyncSession, caller: Caller, target: Scope, app: Application
+) -> None:
+    """``target ⊆ app scope``: inside one of the application's allowed scopes."""
     allowed = (
         await session.execute(
             select(Scope.path).where(
@@ -356,9 +367,11 @@ class Entry:
     """Readiness for entering a ring."""
 
     gates: list[Gate]
+    """Version state, evidence pack, supply chain (when checked) and CAB approval."""
     cab_reason: str | None
     """Why CAB approval is needed when it is and none is in force."""
     evidence_digest: str | None
+    """The version's newest evidence pack, recorded on the intent when it enters the ring."""
     exception_id: str | None
     """The risk exception the supply-chain gate relied on."""
 
@@ -396,7 +409,7 @@ async def entry_gates(
             approval = await cab_approved(
                 session, app.tenant_id, intent_id=intent_id, ring=ring, now=now
             )
-        gates.append(cab_gate(required, why, ring, None if approval is None else approval.id))
+        gates.append(cab_gate(required, why, None if approval is None else approval.id))
         if required and approval is None:
             cab_reason = why
     return Entry(gates, cab_reason, evidence[0], exception_id)
@@ -406,11 +419,16 @@ async def entry_gates(
 class Assessment:
     """Every gate for leaving the ring a rollout is in."""
 
+    application_id: str
+    """The intent's application."""
     ring: int
+    """The ring measured."""
     next_ring: int | None
     """None in the last ring: leaving it completes the intent."""
     gates: list[Gate]
+    """Health gates, rollback validated, then the next ring's readiness gates and schedule."""
     entry: Entry | None
+    """The next ring's readiness; None in the last ring."""
 
 
 async def assess(
@@ -450,7 +468,7 @@ async def assess(
         )
         gates += entry.gates
         gates.append(schedule_gate(intent.schedule, now))
-    return Assessment(ring, next_ring, gates, entry)
+    return Assessment(intent.application_id, ring, next_ring, gates, entry)
 
 
 def _gate_docs(gates: list[Gate], ring: int, now: datetime) -> list[dict[str, Any]]:
@@ -563,20 +581,18 @@ async def create_intent(req: ApiRequest) -> IntentOut | web.Response:
     request_digest = digest(body.model_dump(mode="json"))
     async with req.state.writing() as session:
         target = await _scope(session, me, body.target_scope_id, "target_scope_id")
-        if not within(me, target.path).allowed:
-            raise _boundary(
-                "boundary:publisher",
-                f"target scope {target.id} is outside your scope subtree ({me.scope_id})",
-                publisher_scope_id=me.scope_id,
-            )
-        replay = await _replay(session, me, body.client_key, request_digest)
-        if replay is not None:
-            return json_response(replay, 200)
+        _publisher_boundary(me, target)
         version = await session.get(AppVersion, body.version_id)
         if version is None or version.tenant_id != me.tenant_id:
             raise NotFoundError(f"no version {body.version_id!r}", field="version_id")
         app = await session.get_one(Application, version.application_id)
-        await _check_target(session, me, target, app)
+        # Locked before the replay lookup, so a concurrent identical request finds this one's
+        # intent (and answers 200) rather than a busy ring.
+        await _lock_application(session, app.id)
+        replay = await _replay(session, me, body.client_key, request_digest)
+        if replay is not None:
+            return json_response(replay, 200)
+        await _application_boundary(session, me, target, app)
         await _check_exclusions(session, me, target, body.constraints.exclude_scope_ids)
         evidence = await evidence_status(session, me.tenant_id, version.id)
         entry = await entry_gates(
@@ -604,7 +620,6 @@ async def create_intent(req: ApiRequest) -> IntentOut | web.Response:
                 field="ring",
                 details={"gates": [g.as_dict() for g in entry.gates]},
             )
-        await _lock_application(session, app.id)
         other = await _in_flight(session, me.tenant_id, app.id, body.ring)
         if other is not None:
             raise _one_change(other, body.ring)
@@ -756,6 +771,27 @@ async def get_rollout(req: ApiRequest) -> RolloutOut:
 async def list_rollouts(req: ApiRequest) -> RolloutList:
     query = req.query
     assert isinstance(query, RolloutQuery)
+    return await _rollouts(req, query, query.app_id)
+
+
+@api.route(
+    "GET",
+    "/apps/{app_id}/rollouts",
+    summary="An application's rollouts the caller can see, with their last recorded gates",
+    permission="rollout.read",
+    tag="rollouts",
+    query=AppRolloutQuery,
+    response=RolloutList,
+)
+async def list_app_rollouts(req: ApiRequest) -> RolloutList:
+    query = req.query
+    assert isinstance(query, AppRolloutQuery)
+    async with req.state.sessions() as session:
+        app = await app_for(session, req.me, req.path("app_id"))
+    return await _rollouts(req, query, app.id)
+
+
+async def _rollouts(req: ApiRequest, query: AppRolloutQuery, app_id: str | None) -> RolloutList:
     me = req.me
     # Visible: targets inside the caller's subtree, or an ancestor of it (the caller's
     # devices are in that rollout's blast radius).
@@ -772,8 +808,8 @@ async def list_rollouts(req: ApiRequest) -> RolloutList:
             ),
         )
     )
-    if query.app_id is not None:
-        stmt = stmt.where(DeploymentIntent.application_id == query.app_id)
+    if app_id is not None:
+        stmt = stmt.where(DeploymentIntent.application_id == app_id)
     if query.status is not None:
         stmt = stmt.where(Rollout.status == query.status)
     after = decode_cursor(query.cursor)
@@ -905,13 +941,14 @@ async def promote_rollout(req: ApiRequest) -> RolloutOut:
     decision = decide_promotion(measured.gates)
     refusal: ConflictError | None = None
     async with req.state.writing() as session:
+        # Application first, then the rollout: the order intent creation also takes.
+        await _lock_application(session, measured.application_id)
         rollout, intent = await _reload(session, req, measured, "promote")
         if intent.state == "paused":
             raise ConflictError(
                 f"the rollout is paused ({rollout.paused_reason}); resume it first",
                 details={"paused_reason": rollout.paused_reason},
             )
-        await _lock_application(session, intent.application_id)
         rollout.last_gates = _gate_docs(measured.gates, measured.ring, now)
         rollout.updated_at = now
         gates = _summary(measured.gates)
@@ -1008,15 +1045,15 @@ async def _advance(
 async def _ask_cab(
     session: AsyncSession, req: ApiRequest, intent: DeploymentIntent, measured: Assessment
 ) -> str | None:
-    """Request CAB approval for the next ring when that is what the promotion waits for.
+    """Request CAB approval for the next ring when the promotion waits for it; its id.
 
-    Not while a health gate fails: CAB is asked about a ring that is ready, not a broken one.
-    An inconclusive ring does ask, so the approval can arrive while devices report.
+    Called only when no health gate failed (a failing ring pauses instead): CAB is asked about
+    a ring that is ready, not a broken one. An inconclusive ring does ask, so the approval can
+    arrive while devices are still reporting. ``request_cab`` returns the open request when
+    there is one, so asking again files nothing new.
     """
     entry = measured.entry
     if entry is None or entry.cab_reason is None or measured.next_ring is None:
-        return None
-    if pausing(measured.gates):
         return None
     approval = await request_cab(
         session,

@@ -135,9 +135,9 @@ def test_version_state_per_ring(state: str, target: int, verdict: str) -> None:
 
 
 def test_cab_gate() -> None:
-    assert cab_gate(False, "not needed", 2, None).verdict == "passed"
-    assert cab_gate(True, "risk 51", 2, "apr_1").verdict == "passed"
-    waiting = cab_gate(True, "risk 51", 2, None)
+    assert cab_gate(False, "not needed", None).verdict == "passed"
+    assert cab_gate(True, "risk 51", "apr_1").verdict == "passed"
+    waiting = cab_gate(True, "risk 51", None)
     assert waiting.verdict == "failed" and waiting.reason.startswith("waiting for CAB approval")
     assert waiting.kind == "readiness"
 

@@ -7,6 +7,7 @@ execution plane would have recorded, so each test sets exactly the state it judg
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -213,6 +214,12 @@ async def test_canary_at_97_9_percent_fails_and_pauses(cp: ControlPlane) -> None
     listed = (await w.pub.get("/api/v1/rollouts", params={"status": "Paused"})).ok()
     assert [r["id"] for r in listed["items"]] == [intent["rollout_id"]]
     assert listed["items"][0]["gates_live"] is False
+    by_app = (await w.pub.get(f"/api/v1/apps/{w.app_id}/rollouts")).ok()
+    assert [r["id"] for r in by_app["items"]] == [intent["rollout_id"]]
+    assert (await w.pub.get("/api/v1/apps/app_nope/rollouts")).status == 404
+    # Resumed while the gate still fails: running again, but Degraded.
+    resumed = (await w.pub.post(f"/api/v1/rollouts/{intent['rollout_id']}/resume", {})).ok()
+    assert (resumed["status"], resumed["intent_state"]) == ("Degraded", "active")
 
 
 async def test_promoting_a_failing_canary_pauses_it_with_the_gates(cp: ControlPlane) -> None:
@@ -396,6 +403,13 @@ async def test_open_incident_blocks_promotion(cp: ControlPlane) -> None:
     assert closed["state"] == "closed" and closed["closed_at"] is not None
     assert (await ops.post(f"/api/v1/incidents/{incident['id']}/close")).ok() == closed
     assert len(await w.events("incident_changed")) == 2
+    listed = (await ops.get("/api/v1/incidents", params={"application_id": w.app_id})).ok()
+    assert [i["id"] for i in listed["items"]] == [incident["id"]]
+    assert (await ops.get("/api/v1/incidents", params={"state": "open"})).ok()["items"] == []
+    other = await cp.tenant()
+    assert (await other.owner.get(f"/api/v1/incidents/{incident['id']}")).status == 404
+    foreign = {"application_id": w.app_id, "title": "not yours"}
+    assert (await other.owner.post("/api/v1/incidents", foreign)).status == 404
     assert (await w.pub.post(f"{rollout}/resume", {})).ok()["status"] == "Healthy"
     assert (await w.pub.post(f"{rollout}/promote", {})).ok()["ring"] == 2
 
@@ -494,3 +508,19 @@ async def test_confinement_roles_and_acting_principal(cp: ControlPlane) -> None:
     assert event["actor"] == "pub (via gw)"
     history = (await w.pub.get(rollout)).ok()["history"]
     assert history[-1]["actor"] == "pub (via gw)"
+
+
+async def test_concurrent_requests_keep_one_change_and_one_intent(cp: ControlPlane) -> None:
+    w = await world(cp)
+    body = {"client_key": "same", "version_id": w.version_id, "target_scope_id": w.dept}
+    replays = await asyncio.gather(*(w.pub.post("/api/v1/intents", body) for _ in range(4)))
+    assert sorted(r.status for r in replays) == [200, 200, 200, 201]
+    assert len({r.body["id"] for r in replays}) == 1
+    rivals = await asyncio.gather(
+        *(
+            w.pub.post("/api/v1/intents", {**body, "client_key": f"rival-{n}", "ring": 1})
+            for n in range(4)
+        )
+    )
+    assert sorted(r.status for r in rivals) == [201, 409, 409, 409]
+    assert len(await w.events("intent_created")) == 2
