@@ -35,8 +35,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from controlplane import db
-from controlplane.api.rollouts import assess
 from controlplane.evidence import pack_content, pack_digest
+from controlplane.gating import assess
 from controlplane.models import Device, Scope, Tenant, utcnow
 from controlplane.models_release import (
     Application,

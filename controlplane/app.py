@@ -18,6 +18,7 @@ from controlplane.api import (
     events,
     evidence,
     incidents,
+    intents,
     policies,
     risk,
     rollouts,
@@ -54,6 +55,7 @@ def build_api() -> Api:
         evidence,
         risk,
         approvals,
+        intents,
         rollouts,
         incidents,
     ):

@@ -60,6 +60,8 @@ def cp_env(
         "GOODBOT_CP_BOOTSTRAP_TOKEN": "boot-" + uuid.uuid4().hex,
         # Test receivers listen on loopback; test_webhooks checks the guard with this off.
         "GOODBOT_CP_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        # The fleet simulator changes inventories on its own; tests that want it turn it on.
+        "GOODBOT_CP_SIMULATOR_ENABLED": "false",
     }
     if backend == "postgres":
         schema = request.getfixturevalue("pg_schema")

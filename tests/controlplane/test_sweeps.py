@@ -28,9 +28,16 @@ async def test_expiring_exception_is_announced_once(cp: ControlPlane) -> None:
     later = await request_exception(packager, vid, days=60)
     await decide(reviewer, soon, "approve")
     await decide(reviewer, later, "approve")
-    assert await sweep_once(cp.state) == 1
-    assert await sweep_once(cp.state) == 0  # announced once
-    announced = await events(t.owner, "exception_expiring")
-    assert [e["data"].get("exception_id", e["data"].get("id")) for e in announced] == [soon]
+    # Sweeps cover every tenant (other tests' too, on a shared PostgreSQL schema), so the
+    # checks read this tenant's events rather than the sweep's total.
+    await sweep_once(cp.state)
+    await sweep_once(cp.state)  # a second pass announces nothing again
+
+    async def announced() -> list[str]:
+        found = await events(t.owner, "exception_expiring")
+        return [e["data"].get("exception_id", e["data"].get("id")) for e in found]
+
+    assert await announced() == [soon]
     # Two months on, the later one is due (and the first is not announced again).
-    assert await sweep_once(cp.state, utcnow() + timedelta(days=55)) == 1
+    assert await sweep_once(cp.state, utcnow() + timedelta(days=55)) >= 1
+    assert await announced() == [soon, later]
