@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 from pathlib import Path
@@ -72,6 +73,7 @@ async def _migrate(settings: ControlPlaneSettings) -> None:
 async def serve(settings: ControlPlaneSettings, *, demo: bool) -> int:
     """Serve until SIGINT or SIGTERM; print ``control plane: URL`` once it answers."""
     app = await create_app(settings)
+    tokens_file = None
     if demo:
         from controlplane.demo import ensure_demo
 
@@ -79,23 +81,29 @@ async def serve(settings: ControlPlaneSettings, *, demo: bool) -> int:
         print(f"demo tenant ready; API tokens of the demo principals are in {tokens_file}")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://{settings.host}:{port}"
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as resp:
-        resp.raise_for_status()
-    # Everything allocated at start-up (demo seeding, caches) is long-lived: keep it out of the
-    # collector's generations so full collections stay short under load.
-    gc.collect()
-    gc.freeze()
-    print(f"control plane: {url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
+    try:  # from here on the background workers run: stop them however start-up ends
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://{settings.host}:{port}"
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as resp:
+            resp.raise_for_status()
+        if tokens_file is not None:
+            from controlplane.demo_release import seed_release
+
+            tokens = json.loads(tokens_file.read_text())["tokens"]
+            if await seed_release(app[STATE], url, tokens):
+                print("demo releases seeded: rollouts in flight, CAB approvals pending")
+        # Everything allocated at start-up (demo seeding, caches) is long-lived: keep it out
+        # of the collector's generations so full collections stay short under load.
+        gc.collect()
+        gc.freeze()
+        print(f"control plane: {url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -51,6 +51,7 @@ PRINCIPALS: Final = (
     ("omar", ["publisher", "packaging_engineer"], ""),
     ("vera", ["viewer"], "finance"),
     ("aud", ["auditor"], ""),
+    ("sara", ["security_reviewer"], ""),
     ("fleet-agent", ["operator"], ""),
 )
 GATEWAY: Final = "goodbot-gateway"

@@ -220,6 +220,14 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
 async def _read_body(
     request: web.Request, model: type[BaseModel]
 ) -> tuple[BaseModel, dict[str, Any]]:
+    if not request.body_exists:
+        # No body at all means "no fields": fine for a model whose fields are all optional
+        # (POST /rollouts/{id}/promote), and a 422 naming the first required field otherwise.
+        try:
+            return model.model_validate({}), {}
+        except ValidationError as exc:
+            where, message = _first_error(exc)
+            raise UnprocessableError(message, field=where) from None
     if request.content_type != "application/json":
         raise UnsupportedMediaTypeError(
             f"send application/json, not {request.content_type!r}", field="Content-Type"
