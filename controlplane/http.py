@@ -239,10 +239,10 @@ async def _read_body(
         raise BadRequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError("body must be a JSON object")
-    where = _nul_at(data, "")
-    if where is not None:
+    nul_at = _nul_at(data, "")
+    if nul_at is not None:
         # PostgreSQL text cannot store U+0000; refuse it for every backend alike.
-        raise UnprocessableError("NUL characters are not accepted", field=where or "body")
+        raise UnprocessableError("NUL characters are not accepted", field=nul_at or "body")
     try:
         return model.model_validate(data), data
     except ValidationError as exc:
