@@ -15,6 +15,8 @@ BENCHES = (
     ["bench.enforcement"],
     ["bench.audit_append"],
     ["bench.http_reads"],
+    ["bench.gates"],
+    ["bench.release_reads"],
 )
 
 
