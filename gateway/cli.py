@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.settings import ConfigError, describe, load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +22,29 @@ def build_parser() -> argparse.ArgumentParser:
     controlplane_cli.add_arguments(
         sub.add_parser("controlplane", help="the reference endpoint-management control plane")
     )
+    config = sub.add_parser("config", help="the gateway's configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate the configuration and show it")
+    check.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ["GOODBOT_CONFIG"]) if os.environ.get("GOODBOT_CONFIG") else None,
+        help="the YAML file (default: $GOODBOT_CONFIG; none means defaults and environment)",
+    )
     return parser
+
+
+def config_check(path: Path | None) -> int:
+    """``goodbot config check``: 0 and a summary when valid, 2 and the key and reason if not."""
+    try:
+        settings = load(path)
+    except ConfigError as exc:
+        print(f"config error: {exc.key}: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"config OK ({path or 'no file: defaults and environment'})")
+    for line in describe(settings):
+        print(f"  {line}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controlplane import cli as controlplane_cli
 
         return controlplane_cli.run(args)
+    if args.command == "config":
+        return config_check(args.config)
     return 2
 
 

@@ -1,0 +1,177 @@
+"""Gateway configuration: one YAML file plus ``GOODBOT_`` environment overrides.
+
+Precedence, highest first: environment variables (``GOODBOT_SERVER__PORT=9000``), then the YAML
+file, then defaults. Unknown keys are refused, so a typo is an error naming the key. Secrets
+never come from the YAML file: each secret has an environment variable and a ``…_file`` key
+naming a file that holds it (a mounted Kubernetes secret, say).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+SECRET_KEYS: Final = (("controlplane", "token"), ("model", "api_key"))
+"""Settings that hold secrets: refused in the YAML file, read from the environment or a file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    """Address the gateway listens on."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port the gateway listens on; 0 picks a free one."""
+
+
+class ControlPlaneSettings(Section):
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    """Where the control plane answers; None starts the embedded one with demo data."""
+    token: SecretStr | None = None
+    """The gateway's service credential (environment: ``GOODBOT_CONTROLPLANE__TOKEN``)."""
+    token_file: Path | None = None
+    """A file holding the credential, read at start."""
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Longest a tool waits for the control plane."""
+
+
+class DatabaseSettings(Section):
+    url: str = ""
+    """SQLAlchemy async URL of the gateway's store; empty is SQLite in the data directory."""
+    schema_name: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL schema for the gateway's tables."""
+
+
+class ModelSettings(Section):
+    route: Literal["rules", "openai"] = "rules"
+    """``rules`` needs no model; ``openai`` speaks to any OpenAI-compatible endpoint."""
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    """The endpoint (OpenAI, Azure OpenAI, vLLM, Ollama); required for ``openai``."""
+    model: str | None = None
+    """Model name; required for ``openai``."""
+    api_key: SecretStr | None = None
+    """Key for the endpoint (environment: ``GOODBOT_MODEL__API_KEY``)."""
+    api_key_file: Path | None = None
+    """A file holding the key."""
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Longest one model call may take."""
+
+    @model_validator(mode="after")
+    def _openai_needs_endpoint(self) -> ModelSettings:
+        if self.route == "openai" and (self.base_url is None or self.model is None):
+            raise ValueError("the openai route needs model.base_url and model.model")
+        return self
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOODBOT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path(".goodbot")
+    """Where the embedded databases, keys and the local CLI token live."""
+    policy_file: Path | None = None
+    """The policy YAML; None uses the one written into the data directory at first start."""
+    server: ServerSettings = ServerSettings()
+    controlplane: ControlPlaneSettings = ControlPlaneSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    model: ModelSettings = ModelSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init carries the YAML document (see ``load``); the environment overrides it.
+        return env_settings, init_settings
+
+    def secret(self, section: Literal["controlplane", "model"]) -> str | None:
+        """A secret's value, from the environment or its file (read when asked)."""
+        if section == "controlplane":
+            value, path = self.controlplane.token, self.controlplane.token_file
+        else:
+            value, path = self.model.api_key, self.model.api_key_file
+        if value is not None:
+            return value.get_secret_value()
+        if path is not None:
+            return path.read_text().strip()
+        return None
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used, with the exact key and why."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def load(path: Path | None) -> GatewaySettings:
+    """Read the YAML file (if any) and the environment; raise ``ConfigError`` naming the key."""
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(where, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(str(path), "the document must be a mapping")
+        document = raw or {}
+        for section, key in SECRET_KEYS:
+            if isinstance(document.get(section), dict) and key in document[section]:
+                env = f"GOODBOT_{section.upper()}__{key.upper()}"
+                raise ConfigError(
+                    f"{section}.{key}",
+                    f"secrets are not read from the config file; set {env} or {section}.{key}_file",
+                )
+    try:
+        settings = GatewaySettings(**document)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(key, reason) from None
+    for section in ("controlplane", "model"):
+        file_key = "token_file" if section == "controlplane" else "api_key_file"
+        secret_file = getattr(getattr(settings, section), file_key)
+        if secret_file is not None and not Path(secret_file).is_file():
+            raise ConfigError(f"{section}.{file_key}", f"no such file: {secret_file}")
+    return settings
+
+
+def describe(settings: GatewaySettings) -> list[str]:
+    """A summary for ``goodbot config check``: every effective value, secrets only as set/unset."""
+    lines = [
+        f"data_dir: {settings.data_dir}",
+        f"policy_file: {settings.policy_file or '(written into the data directory)'}",
+        f"server: {settings.server.host}:{settings.server.port}",
+        f"controlplane: {settings.controlplane.url or 'embedded, with demo data'}",
+        f"controlplane credential: {'set' if settings.secret('controlplane') else 'not set'}",
+        f"database: {settings.database.url or 'SQLite in the data directory'}",
+        f"model route: {settings.model.route}",
+    ]
+    if settings.model.route == "openai":
+        lines.append(f"model: {settings.model.model} at {settings.model.base_url}")
+        lines.append(f"model key: {'set' if settings.secret('model') else 'not set'}")
+    return lines

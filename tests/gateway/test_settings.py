@@ -1,0 +1,96 @@
+"""Gateway configuration: YAML plus environment, secrets kept out of the file, errors by key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "goodbot.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOODBOT_MODEL__API_KEY", raising=False)
+    settings = load(None)
+    assert settings.model.route == "rules"
+    assert settings.controlplane.url is None  # embedded control plane
+    assert settings.secret("model") is None
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "server: {port: 9000, host: gateway.internal}\n")
+    monkeypatch.setenv("GOODBOT_SERVER__PORT", "9100")
+    settings = load(path)
+    assert (settings.server.host, settings.server.port) == ("gateway.internal", 9100)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("server: {prot: 1}", "server.prot", "unknown key"),
+        ("colour: red", "colour", "unknown key"),
+        ("server: {port: 70000}", "server.port", "less than or equal to 65535"),
+        ("model: {route: openai}", "model", "needs model.base_url and model.model"),
+        ("model: {api_key: sk-123}", "model.api_key", "GOODBOT_MODEL__API_KEY"),
+        ("controlplane: {token: abc}", "controlplane.token", "secrets are not read"),
+        ("controlplane: {url: 'ftp://x'}", "controlplane.url", "pattern"),
+        ("- a list", "goodbot.yaml", "must be a mapping"),
+        ("server: {port: 1\n", "goodbot.yaml:", "not valid YAML"),
+        ("model: {api_key_file: /nonexistent/key}", "model.api_key_file", "no such file"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert key in caught.value.key, caught.value
+    assert reason in caught.value.reason
+
+
+def test_secrets_come_from_environment_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    path = write(
+        tmp_path,
+        f"model: {{route: openai, base_url: 'http://127.0.0.1:1/v1', "
+        f"model: m, api_key_file: '{key_file}'}}\n",
+    )
+    assert load(path).secret("model") == "sk-from-file"
+    monkeypatch.setenv("GOODBOT_MODEL__API_KEY", "sk-from-env")
+    assert load(path).secret("model") == "sk-from-env"
+
+
+def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "config", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    bad = run_check("--config", str(write(tmp_path, "server: {prot: 1}\n")))
+    assert bad.returncode == 2
+    assert "config error: server.prot: unknown key" in bad.stderr
+    secret = "sk-should-never-be-printed"
+    good_path = tmp_path / "good.yaml"
+    good_path.write_text("model: {route: openai, base_url: 'http://127.0.0.1:1/v1', model: m}\n")
+    good = run_check(
+        "--config", str(good_path), env={**os.environ, "GOODBOT_MODEL__API_KEY": secret}
+    )
+    assert good.returncode == 0, good.stderr
+    assert "config OK" in good.stdout and "model key: set" in good.stdout
+    assert secret not in good.stdout + good.stderr
