@@ -205,6 +205,14 @@ async def test_promote_conflicts_carry_the_gates_and_a_stale_ring(
         assert (await client.resume("omar", rollout))["intent_state"] == "active"
         listed = await client.rollouts("omar", app_id=paused["application_id"])
         assert [r["id"] for r in listed] == [rollout]
+        apps = await client.apps("omar", name="falcon")
+        assert [a["id"] for a in apps] == [paused["application_id"]]
+        risk = await client.version_risk("omar", paused["version_id"])
+        assert risk["model_version"] == "1.0" and 0 <= risk["score"] <= 100
+        rolled = await client.rollback("omar", rollout, "vendor recalled the build")
+        assert (rolled["status"], rolled["intent_state"]) == ("Degraded", "rolled_back")
+        with pytest.raises(ConflictError):  # nothing in flight to promote any more
+            await client.promote("omar", rollout, from_ring=0)
 
 
 # -- faults: a closed port, a slow server, a failing server ---------------------------------
