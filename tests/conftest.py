@@ -78,3 +78,7 @@ async def cp(cp_env: dict[str, str]) -> AsyncIterator[object]:
 
     async with start_control_plane(cp_env) as handle:
         yield handle
+
+
+# The demo control plane as a process (``tests/demo.py``): demo_template, demo_cp, shared_demo_cp.
+pytest_plugins = ["tests.demo"]
