@@ -18,20 +18,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from tools.executor import ToolCall
 from tools.registry import ToolSpec
 
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One tool call a route asks for."""
-
-    id: str
-    """Unique within the turn (the model's call id, or the rules route's own)."""
-    name: str
-    """Tool name; an unknown one goes back to the route as an error outcome."""
-    arguments: dict[str, Any] | str
-    """Arguments as an object, or the raw text a model sent (parsed by the executor, which
-    reports malformed JSON back as an error outcome)."""
+__all__ = [
+    "AssistantCalls",
+    "AssistantText",
+    "CallTools",
+    "Entry",
+    "Reply",
+    "Route",
+    "RouteError",
+    "RouteOutputError",
+    "RouteResult",
+    "RouteUnavailableError",
+    "Step",
+    "StepRequest",
+    "ToolCall",
+    "ToolOutput",
+    "Usage",
+    "UserText",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,8 +45,11 @@ class Guard(Protocol):
     The gateway implements it with the policy file; tools never import the policy layer.
     """
 
-    def authorize(self, action: str, scope_path: Sequence[str]) -> Verdict:
-        """May this principal, on this channel, use ``action`` on a target in ``scope_path``?"""
+    def authorize(self, action: str, scope_path: Sequence[str] | None) -> Verdict:
+        """May this principal, on this channel, use ``action`` on a target in ``scope_path``?
+
+        ``None`` asks before the target is known: is ``action`` granted here for some target?
+        """
         ...
 
     def redact(self, text: str) -> str:
