@@ -1,0 +1,302 @@
+"""A fake OpenAI-compatible Chat Completions server on 127.0.0.1 (what the model route calls).
+
+Scripted, it answers each ``POST /v1/chat/completions`` with the next step and fails on unused
+steps: ``assert_drained()`` (run on a clean ``async with`` exit) fails while steps remain or
+after any unexpected request, which gets a 500 naming the problem. With a ``fallback`` it
+answers every request the script does not cover, as load benchmarks need::
+
+    async with FakeOpenAI() as fake:
+        fake.script(tool_calls([("promote_rollout", {"app": "google-chrome"})]), text("Done."))
+        route = OpenAIRoute(base_url=fake.base_url, model="m", api_key="sk-test")
+
+Like the real API, it refuses (400) a request without ``model`` or ``messages`` and a ``tool``
+message that answers no pending tool call, and records these in ``errors`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallsStep:
+    calls: tuple[tuple[str, Json | str], ...]
+    """(tool name, arguments); a string is sent verbatim, so it may be malformed JSON."""
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextStep:
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalStep:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusStep:
+    code: int
+    retry_after: float | None = None
+    message: str | None = None
+    """The error body's message; by default one like the real API's (401 echoes the key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageStep:
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class DelayStep:
+    seconds: float
+    then: Step
+
+
+Step = ToolCallsStep | TextStep | RefusalStep | StatusStep | GarbageStep | DelayStep
+Fallback = Callable[[Json], Step]
+"""Chooses the answer to a request (its JSON body) when the script has no step left."""
+
+
+def tool_calls(calls: Iterable[tuple[str, Json | str]], *, text: str | None = None) -> Step:
+    """Call these tools (``finish_reason`` ``tool_calls``), with optional text alongside."""
+    return ToolCallsStep(tuple(calls), text)
+
+
+def text(content: str) -> Step:
+    """Answer with this text (``finish_reason`` ``stop``)."""
+    return TextStep(content)
+
+
+def refusal(message: str) -> Step:
+    """Refuse: ``message.refusal`` set, ``content`` null."""
+    return RefusalStep(message)
+
+
+def status(code: int, *, retry_after: float | None = None, message: str | None = None) -> Step:
+    """An error status with the API's error body, and ``Retry-After`` when given."""
+    return StatusStep(code, retry_after, message)
+
+
+def garbage(body: bytes, *, content_type: str = "application/json") -> Step:
+    """A 200 whose body is these bytes."""
+    return GarbageStep(body, content_type)
+
+
+def huge(size_bytes: int) -> Step:
+    """A well-formed answer whose text is ``size_bytes`` long."""
+    return TextStep("x" * size_bytes)
+
+
+def delay(seconds: float, then: Step) -> Step:
+    """Wait, then answer with ``then`` (cancelled when the client hangs up)."""
+    return DelayStep(seconds, then)
+
+
+def answer_after(seconds: float, content: str = "ok") -> Fallback:
+    """A fallback answering every request with ``content`` after ``seconds`` (benchmarks)."""
+    return lambda _body: DelayStep(seconds, TextStep(content))
+
+
+def call_named_tool(body: Json) -> Step:
+    """A fallback that calls, without arguments, the first offered tool the last user message
+    names, and after a tool result answers with that result's content."""
+    last = body["messages"][-1]
+    if last.get("role") == "tool":
+        return TextStep(str(last.get("content")))
+    offered = [t["function"]["name"] for t in body.get("tools", [])]
+    named = [name for name in offered if name in str(last.get("content"))]
+    return ToolCallsStep(((named[0], {}),)) if named else TextStep("No tool was named.")
+
+
+class FakeOpenAI:
+    """The server; an async context manager (or ``start()`` / ``close()``)."""
+
+    def __init__(self, *, fallback: Fallback | None = None, model: str = "fake-model") -> None:
+        self.fallback = fallback
+        self.model = model
+        self.base_url = ""
+        """``http://127.0.0.1:<port>/v1`` once started."""
+        self.requests: list[Json] = []
+        """Every chat completion request's JSON body, in order."""
+        self.headers: list[dict[str, str]] = []
+        """Each request's headers (lowercase names), aligned with ``requests``."""
+        self.errors: list[str] = []
+        """Unexpected requests: beyond the script, or refused as the real API would."""
+        self._steps: deque[Step] = deque()
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    def script(self, *steps: Step) -> None:
+        """Append steps; each answers one request, in order."""
+        self._steps.extend(steps)
+
+    @property
+    def pending(self) -> int:
+        """Scripted steps not used yet."""
+        return len(self._steps)
+
+    def assert_drained(self) -> None:
+        """Fail if scripted steps remain or any request was unexpected."""
+        assert not self.errors, f"unexpected requests to the fake model: {self.errors}"
+        assert not self._steps, f"{len(self._steps)} scripted step(s) unused: {list(self._steps)}"
+
+    async def start(self) -> str:
+        """Listen on 127.0.0.1 on a free port; returns ``base_url``."""
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        # Cancel a delayed answer when the client hangs up, so shutdown never waits for it.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+        return self.base_url
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+        if exc_type is None:
+            self.assert_drained()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        model = {"id": self.model, "object": "model", "created": 0, "owned_by": "goodbot-tests"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return self._refuse(400, "the request body is not a JSON object")
+        self.requests.append(body)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        if problem := _protocol_problem(body):
+            return self._refuse(400, problem)
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self._steps:
+            return await self._answer(self._steps.popleft(), body, key)
+        if self.fallback is not None:
+            return await self._answer(self.fallback(body), body, key)
+        return self._refuse(500, f"request {len(self.requests)} is beyond the fake's script")
+
+    def _refuse(self, code: int, problem: str) -> web.Response:
+        self.errors.append(problem)
+        return _error(code, f"fake OpenAI: {problem}", "invalid_request_error")
+
+    async def _answer(self, step: Step, body: Json, key: str) -> web.StreamResponse:
+        match step:
+            case DelayStep(seconds, then):
+                await asyncio.sleep(seconds)
+                return await self._answer(then, body, key)
+            case StatusStep(code, retry_after, said):
+                headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+                return _error(code, said or _default_message(code, key), None, headers)
+            case GarbageStep(raw, content_type):
+                return web.Response(body=raw, content_type=content_type)
+            case TextStep(content):
+                message: Json = {"role": "assistant", "content": content, "refusal": None}
+            case RefusalStep(refused):
+                message = {"role": "assistant", "content": None, "refusal": refused}
+            case ToolCallsStep(calls, content):
+                message = {"role": "assistant", "content": content, "refusal": None}
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_{next(self._ids)}",
+                        "type": "function",
+                        "function": {
+                            "name": name,
+                            "arguments": args if isinstance(args, str) else json.dumps(args),
+                        },
+                    }
+                    for name, args in calls
+                ]
+        prompt = len(json.dumps(body["messages"])) // 4
+        completion = max(1, len(json.dumps(message)) // 4)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-fake{next(self._ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
+        )
+
+
+def _protocol_problem(body: Json) -> str | None:
+    """What the real API would refuse with a 400 (the checks a route can get wrong)."""
+    messages = body.get("messages")
+    if not isinstance(body.get("model"), str) or not isinstance(messages, list) or not messages:
+        return "the request needs 'model' and a non-empty 'messages' list"
+    unanswered: set[str] = set()
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            return f"messages[{i}] is not an object"
+        if msg.get("role") == "tool":
+            if msg.get("tool_call_id") not in unanswered:
+                return f"messages[{i}]: a 'tool' message must answer a preceding tool call"
+            unanswered.discard(msg["tool_call_id"])
+        elif unanswered:
+            return f"messages[{i}]: tool calls {sorted(unanswered)} have no 'tool' answer"
+        if msg.get("role") == "assistant":
+            unanswered = {call["id"] for call in msg.get("tool_calls") or []}
+    return None
+
+
+def _default_message(code: int, key: str) -> str:
+    if code == 401:  # echoes the key, as careless proxies do: the route must not repeat it
+        return f"Incorrect API key provided: {key}"
+    if code == 429:
+        return "Rate limit reached for requests"
+    return "The server had an error while processing your request" if code >= 500 else "error"
+
+
+def _error(
+    code: int, message: str, kind: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    kind = kind or ("rate_limit_exceeded" if code == 429 else "server_error")
+    error = {"message": message, "type": kind, "param": None, "code": kind}
+    return web.json_response({"error": error}, status=code, headers=headers)
