@@ -1,15 +1,42 @@
-"""goodbot command line: the console script every subcommand starts from."""
+"""goodbot command line: the console script every subcommand starts from (gateway).
+
+``serve`` runs the gateway (and, without configuration, the embedded demo control plane);
+``ask``, ``chat``, ``confirm``, ``deny`` and ``notifications`` talk to a running gateway over
+HTTP; ``policy explain``, ``audit verify|export`` and ``sessions purge`` work on the local
+configuration and store; ``config check`` validates the configuration; ``controlplane`` runs
+the reference control plane on its own.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
-from gateway.settings import ConfigError, describe, load
+from gateway.settings import ConfigError, GatewaySettings, describe, load
+
+
+def _default_config() -> Path | None:
+    return Path(os.environ["GOODBOT_CONFIG"]) if os.environ.get("GOODBOT_CONFIG") else None
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="where `goodbot serve` keeps its data")
+    parser.add_argument("--gateway", help="the gateway's URL (with --token)")
+    parser.add_argument("--token", help="a CLI token (default: the local user's)")
+    parser.add_argument("--as", dest="as_principal", help="use the demo token of this principal")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _local_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=_default_config(), help="the YAML file")
+    parser.add_argument("--data-dir", type=Path, help="the data directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +46,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goodbot", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (and the demo control plane)")
+    _local_args(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
+
+    ask = sub.add_parser("ask", help="one turn: ask and print the answer")
+    ask.add_argument("text", help="what to ask")
+    ask.add_argument("--conversation", default="default", help="conversation name")
+    _client_args(ask)
+    chat = sub.add_parser("chat", help="an interactive chat")
+    chat.add_argument("--conversation", default="default", help="conversation name")
+    _client_args(chat)
+    for verb in ("confirm", "deny"):
+        decide = sub.add_parser(verb, help=f"{verb} a pending change by its id")
+        decide.add_argument("id", help="the confirmation id (cf_…)")
+        _client_args(decide)
+    notes = sub.add_parser("notifications", help="show notifications waiting for you")
+    _client_args(notes)
+
+    policy = sub.add_parser("policy", help="the policy file")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_sub.add_parser("explain", help="which rule decides a tool for a principal")
+    _local_args(explain)
+    explain.add_argument("--principal", required=True)
+    explain.add_argument("--tool", required=True, help="a tool name or a policy action")
+    explain.add_argument("--channel", default="cli")
+    explain.add_argument("--scope", action="append", default=[], help="scope ids, root first")
+
+    audit = sub.add_parser("audit", help="the gateway's audit chain")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    _local_args(audit_sub.add_parser("verify", help="walk the chain and report tampering"))
+    export = audit_sub.add_parser("export", help="print the chain as JSON lines")
+    _local_args(export)
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--after", type=int, help="only records after this seq")
+
+    sessions = sub.add_parser("sessions", help="the gateway's stored conversations")
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    purge = sessions_sub.add_parser("purge", help="apply retention")
+    _local_args(purge)
+    purge.add_argument("--older-than", required=True, help="such as 30d, 12h or 90m")
+
     controlplane_cli.add_arguments(
         sub.add_parser("controlplane", help="the reference endpoint-management control plane")
     )
@@ -28,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--config",
         type=Path,
-        default=Path(os.environ["GOODBOT_CONFIG"]) if os.environ.get("GOODBOT_CONFIG") else None,
+        default=_default_config(),
         help="the YAML file (default: $GOODBOT_CONFIG; none means defaults and environment)",
     )
     return parser
@@ -47,6 +117,49 @@ def config_check(path: Path | None) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> GatewaySettings:
+    settings = load(getattr(args, "config", None))
+    updates: dict[str, object] = {}
+    if getattr(args, "data_dir", None) is not None:
+        updates["data_dir"] = args.data_dir
+    server = {}
+    if getattr(args, "host", None) is not None:
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    if server:
+        updates["server"] = settings.server.model_copy(update=server)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` or ``45s`` as a duration."""
+    match = re.fullmatch(r"(\d+)([dhms])", text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def _client(args: argparse.Namespace) -> int:
+    from channels import terminal
+
+    try:
+        target = terminal.locate(args.data_dir, args.gateway, args.token, args.as_principal)
+    except terminal.TerminalError as exc:
+        print(f"goodbot: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "ask":
+        return asyncio.run(
+            terminal.ask(target, args.text, json_output=args.json, conversation=args.conversation)
+        )
+    if args.command == "chat":
+        return asyncio.run(terminal.chat(target, conversation=args.conversation))
+    if args.command in ("confirm", "deny"):
+        return asyncio.run(terminal.decide(target, args.id, args.command, json_output=args.json))
+    return asyncio.run(terminal.notifications(target, json_output=args.json))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``goodbot``; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -57,6 +170,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return controlplane_cli.run(args)
     if args.command == "config":
         return config_check(args.config)
+    if args.command in ("ask", "chat", "confirm", "deny", "notifications"):
+        return _client(args)
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            from gateway.serve import serve
+
+            return asyncio.run(serve(settings))
+        from gateway import admin
+
+        if args.command == "policy":
+            return admin.explain(settings, args.principal, args.tool, args.channel, args.scope)
+        if args.command == "audit" and args.audit_command == "verify":
+            return asyncio.run(admin.verify(settings))
+        if args.command == "audit":
+            return asyncio.run(admin.export(settings, args.after))
+        if args.command == "sessions":
+            return asyncio.run(admin.purge(settings, parse_age(args.older_than)))
+    except ConfigError as exc:
+        print(f"config error: {exc.key}: {exc.reason}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"goodbot: {exc}", file=sys.stderr)
+        return 2
     return 2
 
 

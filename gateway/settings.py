@@ -73,6 +73,13 @@ class ModelSettings(Section):
         return self
 
 
+class NotificationSettings(Section):
+    enabled: bool = True
+    """Poll the control plane's events and tell the people concerned."""
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """How often the events are read."""
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -88,6 +95,15 @@ class GatewaySettings(BaseSettings):
     controlplane: ControlPlaneSettings = ControlPlaneSettings()
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
+    notifications: NotificationSettings = NotificationSettings()
+    confirmation_ttl_seconds: int = Field(default=600, ge=10, le=86_400)
+    """How long a proposed change waits for its confirmation (default ten minutes)."""
+    expiry_sweep_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """How often pending confirmations past their expiry are marked expired."""
+    max_steps: int = Field(default=6, ge=1, le=20)
+    """Route steps one turn may take."""
+    history: int = Field(default=20, ge=0, le=200)
+    """Earlier messages of the conversation a turn shows the route."""
 
     @classmethod
     def settings_customise_sources(

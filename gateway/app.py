@@ -1,0 +1,255 @@
+"""Gateway composition root: the only place that names concrete classes (gateway).
+
+``build_app`` wires the policy file, the session store, the control-plane client, the tool
+registry and executor, the route (rules or openai), the agent loop, the turn service and the
+channels into one aiohttp application with ``/healthz``, ``/readyz`` and ``/metrics``.
+Long-lived duties (policy reload, confirmation expiry, notifications, crash recovery) run as
+``cleanup_ctx`` tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import text
+
+from agent.loop import AgentLoop
+from agent.route import Route
+from channels.cli import CliChannel
+from gateway.metrics import Metrics
+from gateway.settings import GatewaySettings
+from gateway.turns import TurnService
+from policy.loader import PolicySource
+from sessions.db import sqlite_url
+from sessions.store import SessionStore
+from tools.controlplane import ControlPlaneClient
+from tools.executor import ToolExecutor
+from tools.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """The collaborators of one running gateway (reachable as ``app[GATEWAY]``)."""
+
+    settings: GatewaySettings
+    store: SessionStore
+    policy: PolicySource
+    cp: ControlPlaneClient
+    cp_url: str
+    route: Route
+    executor: ToolExecutor
+    loop: AgentLoop
+    turns: TurnService
+    metrics: Metrics
+    notifications: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    refused_policy: tuple[str, str] | None = None
+    """The refused policy version last audited, so each refusal is audited once."""
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def database_url(settings: GatewaySettings) -> str:
+    """The store's URL: the configured one, or SQLite in the data directory."""
+    if settings.database.url:
+        return settings.database.url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return sqlite_url(settings.data_dir)
+
+
+def make_route(settings: GatewaySettings) -> Route:
+    """The configured route."""
+    if settings.model.route == "openai":
+        from agent.openai_route import OpenAIRoute
+
+        assert settings.model.base_url is not None and settings.model.model is not None
+        return OpenAIRoute(
+            base_url=settings.model.base_url,
+            model=settings.model.model,
+            api_key=settings.secret("model"),
+            timeout=settings.model.timeout_seconds,
+        )
+    from agent.rules import RulesRoute
+
+    return RulesRoute()
+
+
+def default_registry() -> Registry:
+    """Every built-in tool."""
+    from tools.builtin import default_registry as builtin
+
+    return builtin()
+
+
+async def build_gateway(
+    settings: GatewaySettings,
+    *,
+    cp_url: str,
+    cp_token: str,
+    policy_path: Path,
+    route: Route | None = None,
+    registry: Registry | None = None,
+) -> Gateway:
+    """Open the store and wire every collaborator; the caller closes it with ``close``."""
+    policy = PolicySource.load(policy_path)
+    store = await SessionStore.open(database_url(settings), schema=settings.database.schema_name)
+    metrics = Metrics()
+    cp = ControlPlaneClient(cp_url, cp_token, timeout=settings.controlplane.timeout_seconds)
+    await cp.__aenter__()
+    route = route or make_route(settings)
+    executor = ToolExecutor(
+        registry or default_registry(),
+        store,
+        timeout=settings.controlplane.timeout_seconds,
+        confirmation_ttl=timedelta(seconds=settings.confirmation_ttl_seconds),
+    )
+    loop = AgentLoop(route, executor, max_steps=settings.max_steps, history=settings.history)
+    from gateway.notifications import Notifications
+
+    notifications = Notifications(store, cp, policy, metrics)
+    turns = TurnService(
+        policy=policy, store=store, loop=loop, cp=cp, metrics=metrics, notifications=notifications
+    )
+    return Gateway(
+        settings, store, policy, cp, cp_url, route, executor, loop, turns, metrics, notifications
+    )
+
+
+async def close_gateway(gateway: Gateway) -> None:
+    """Stop background duties and close every connection."""
+    for task in gateway.tasks:
+        task.cancel()
+    for task in gateway.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await gateway.route.close()
+    await gateway.cp.close()
+    await gateway.store.close()
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    """The aiohttp application serving the channels and the health endpoints."""
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[GATEWAY] = gateway
+    app.router.add_routes(CliChannel(gateway.turns).routes())
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_duties)
+    return app
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database answers and the control plane answers its ``/healthz``."""
+    gateway = request.app[GATEWAY]
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2), gateway.store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        checks["database"] = f"failing: {type(exc).__name__}"
+    try:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"{gateway.cp_url.rstrip('/')}/healthz") as resp,
+        ):
+            checks["controlplane"] = "ok" if resp.status == 200 else f"failing: HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        checks["controlplane"] = f"failing: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    policy = gateway.policy
+    body: dict[str, Any] = {"ready": ready, "checks": checks, "policy": policy.current.revision}
+    if policy.last_error is not None:
+        body["policy_refused"] = {
+            "where": policy.last_error.where,
+            "reason": policy.last_error.reason,
+        }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def _duties(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    settings = gateway.settings
+    answered, resumed = await gateway.turns.recover()
+    if answered or resumed:
+        log.warning(
+            "recovered after a restart",
+            extra={"messages": answered, "confirmations": resumed},
+        )
+    gateway.tasks.append(asyncio.create_task(_every(2.0, lambda: _reload(gateway))))
+    gateway.tasks.append(
+        asyncio.create_task(_every(settings.expiry_sweep_seconds, lambda: _expire(gateway)))
+    )
+    if gateway.notifications is not None and settings.notifications.enabled:
+        gateway.tasks.append(
+            asyncio.create_task(
+                _every(settings.notifications.poll_seconds, gateway.notifications.poll)
+            )
+        )
+    yield
+
+
+async def _reload(gateway: Gateway) -> None:
+    if gateway.policy.reload_if_changed():
+        await gateway.store.audit(
+            "policy.reloaded", None, None, None, {"revision": gateway.policy.current.revision}
+        )
+    elif gateway.policy.last_error is not None:
+        error = gateway.policy.last_error
+        marker = (error.where, error.reason)
+        if gateway.refused_policy != marker:
+            gateway.refused_policy = marker
+            await gateway.store.audit(
+                "policy.refused",
+                None,
+                None,
+                None,
+                {
+                    "where": error.where,
+                    "reason": error.reason,
+                    "kept": gateway.policy.current.revision,
+                },
+            )
+
+
+async def _expire(gateway: Gateway) -> None:
+    expired = await gateway.store.expire_due()
+    if expired:
+        gateway.metrics.confirmations.labels("expired").inc(expired)
+
+
+async def _every(seconds: float, duty: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``duty`` every ``seconds`` until cancelled; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await duty()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background duty failed", extra={"duty": getattr(duty, "__name__", "")})

@@ -1,0 +1,83 @@
+"""First start without configuration: a policy file and CLI tokens for the demo (gateway).
+
+Written once into the data directory and never overwritten, so an operator's edits stay. Each
+demo principal of the embedded control plane gets a gateway principal with roles that mirror
+its control-plane duties and a CLI token (stored only as its sha256 in the policy file, and in
+full in ``cli-tokens/<name>``, mode 0600). ``cli-token`` is the local user's: ana, the platform
+admin and CAB approver, so a first chat can ask, approve and promote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+LOCAL_USER: Final = "ana"
+"""The demo principal the local CLI token belongs to."""
+
+READS: Final = ["compliance.read", "drift.read", "rollout.read", "risk.read"]
+ROLES: Final[dict[str, list[str]]] = {
+    "viewer": READS,
+    "operator": [*READS, "ring.promote", "ring.pause", "ring.resume", "ring.rollback"],
+    "approver": ["approval.read", "approval.decide"],
+    "auditor": [*READS, "events.read"],
+}
+PRINCIPALS: Final[dict[str, list[str]]] = {
+    "ana": ["operator", "approver", "auditor"],
+    "li": ["approver", "auditor"],
+    "sam": ["operator"],
+    "priya": ["operator"],
+    "omar": ["viewer"],
+    "vera": ["viewer"],
+    "aud": ["auditor"],
+    "sara": ["viewer"],
+}
+
+
+def token_identity(token: str) -> str:
+    """The policy identity of a CLI token."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+
+
+def demo_policy(data_dir: Path) -> Path:
+    """Write the demo policy and CLI tokens unless a policy file is already there."""
+    path = data_dir / "policy.yaml"
+    if path.exists():
+        return path
+    principals: dict[str, Any] = {}
+    for name, roles in PRINCIPALS.items():
+        token = "gbc_" + secrets.token_urlsafe(32)
+        write_secret(data_dir / "cli-tokens" / name, token)
+        if name == LOCAL_USER:
+            write_secret(data_dir / "cli-token", token)
+        principals[name] = {
+            "roles": roles,
+            "identities": [{"channel": "cli", "id": token_identity(token)}],
+        }
+    document = {
+        "version": 1,
+        "defaults": {"max_message_bytes": 8192, "rate_limit_per_minute": 60},
+        "channels": {"cli": {}},
+        "roles": {name: {"grants": grants} for name, grants in ROLES.items()},
+        "principals": principals,
+    }
+    header = (
+        "# goodbot policy, written at first start for the demo. Deny by default: a channel,\n"
+        "# principal or action not listed here is refused. Edits take effect within seconds;\n"
+        "# an invalid edit is refused and the previous version stays in force.\n"
+    )
+    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    return path
