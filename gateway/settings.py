@@ -96,7 +96,7 @@ class GatewaySettings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
     notifications: NotificationSettings = NotificationSettings()
-    confirmation_ttl_seconds: int = Field(default=600, ge=10, le=86_400)
+    confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)
     """How long a proposed change waits for its confirmation (default ten minutes)."""
     expiry_sweep_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How often pending confirmations past their expiry are marked expired."""
