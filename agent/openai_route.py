@@ -179,7 +179,8 @@ class OpenAIRoute:
         if failure:
             # Raised outside the handler, so no context chains the endpoint's error text in.
             log.warning(
-                "model endpoint unavailable", extra={"model": self._model, "status": status}
+                "model endpoint unavailable",
+                extra={"model": self._model, "status": status, "reason": failure},
             )
             raise RouteUnavailableError(failure)
         seconds = time.monotonic() - started
@@ -207,7 +208,8 @@ def _messages(request: StepRequest) -> list[ChatCompletionMessageParam]:
                 )
             case ToolOutput(call_id, name, status, content):
                 data = {"tool": name, "status": status, "data": content}
-                out.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(data)})
+                wrapped = json.dumps(data, ensure_ascii=False)
+                out.append({"role": "tool", "tool_call_id": call_id, "content": wrapped})
     return out
 
 
@@ -215,11 +217,13 @@ def _call(call: ToolCall) -> ChatCompletionMessageFunctionToolCallParam:
     arguments = call.arguments
     if isinstance(arguments, str):
         try:
-            json.loads(arguments)
+            parsed = json.loads(arguments)
         except json.JSONDecodeError:
-            # Some servers parse past arguments and refuse the request on malformed JSON; the
-            # call's error outcome already tells the model what went wrong.
-            arguments = {}
+            parsed = None
+        if not isinstance(parsed, dict):
+            # Some servers parse past arguments and refuse a request holding malformed ones;
+            # the call's error outcome already tells the model what went wrong.
+            arguments = "{}"
     return {
         "id": call.id,
         "type": "function",

@@ -9,8 +9,8 @@ answers every request the script does not cover, as load benchmarks need::
         fake.script(tool_calls([("promote_rollout", {"app": "google-chrome"})]), text("Done."))
         route = OpenAIRoute(base_url=fake.base_url, model="m", api_key="sk-test")
 
-Like the real API, it refuses (400) a request without ``model`` or ``messages`` and a ``tool``
-message that answers no pending tool call, and records these in ``errors`` too.
+Like the real API, it refuses (400) a request without ``model`` or ``messages``, or whose tool
+calls and ``tool`` messages do not pair up, and records these in ``errors`` too.
 """
 
 from __future__ import annotations
@@ -31,24 +31,19 @@ Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallsStep:
-    calls: tuple[tuple[str, Json | str], ...]
+class Answer:
+    """A chat completion (status 200)."""
+
+    content: str | None = None
+    refusal: str | None = None
+    calls: tuple[tuple[str, Json | str], ...] = ()
     """(tool name, arguments); a string is sent verbatim, so it may be malformed JSON."""
-    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class TextStep:
-    content: str
+class Status:
+    """An error status with the API's error body."""
 
-
-@dataclass(frozen=True, slots=True)
-class RefusalStep:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StatusStep:
     code: int
     retry_after: float | None = None
     message: str | None = None
@@ -56,60 +51,64 @@ class StatusStep:
 
 
 @dataclass(frozen=True, slots=True)
-class GarbageStep:
+class Garbage:
+    """A 200 whose body is these bytes."""
+
     body: bytes
     content_type: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
-class DelayStep:
+class Delay:
+    """Wait, then answer with ``then``."""
+
     seconds: float
     then: Step
 
 
-Step = ToolCallsStep | TextStep | RefusalStep | StatusStep | GarbageStep | DelayStep
+Step = Answer | Status | Garbage | Delay
 Fallback = Callable[[Json], Step]
 """Chooses the answer to a request (its JSON body) when the script has no step left."""
 
 
 def tool_calls(calls: Iterable[tuple[str, Json | str]], *, text: str | None = None) -> Step:
     """Call these tools (``finish_reason`` ``tool_calls``), with optional text alongside."""
-    return ToolCallsStep(tuple(calls), text)
+    return Answer(content=text, calls=tuple(calls))
 
 
 def text(content: str) -> Step:
     """Answer with this text (``finish_reason`` ``stop``)."""
-    return TextStep(content)
+    return Answer(content=content)
 
 
 def refusal(message: str) -> Step:
     """Refuse: ``message.refusal`` set, ``content`` null."""
-    return RefusalStep(message)
+    return Answer(refusal=message)
 
 
 def status(code: int, *, retry_after: float | None = None, message: str | None = None) -> Step:
     """An error status with the API's error body, and ``Retry-After`` when given."""
-    return StatusStep(code, retry_after, message)
+    return Status(code, retry_after, message)
 
 
 def garbage(body: bytes, *, content_type: str = "application/json") -> Step:
     """A 200 whose body is these bytes."""
-    return GarbageStep(body, content_type)
+    return Garbage(body, content_type)
 
 
 def huge(size_bytes: int) -> Step:
     """A well-formed answer whose text is ``size_bytes`` long."""
-    return TextStep("x" * size_bytes)
+    return Answer(content="x" * size_bytes)
 
 
 def delay(seconds: float, then: Step) -> Step:
     """Wait, then answer with ``then`` (cancelled when the client hangs up)."""
-    return DelayStep(seconds, then)
+    return Delay(seconds, then)
 
 
 def answer_after(seconds: float, content: str = "ok") -> Fallback:
     """A fallback answering every request with ``content`` after ``seconds`` (benchmarks)."""
-    return lambda _body: DelayStep(seconds, TextStep(content))
+    return lambda _body: Delay(seconds, Answer(content=content))
 
 
 def call_named_tool(body: Json) -> Step:
@@ -117,10 +116,10 @@ def call_named_tool(body: Json) -> Step:
     names, and after a tool result answers with that result's content."""
     last = body["messages"][-1]
     if last.get("role") == "tool":
-        return TextStep(str(last.get("content")))
+        return Answer(content=str(last.get("content")))
     offered = [t["function"]["name"] for t in body.get("tools", [])]
     named = [name for name in offered if name in str(last.get("content"))]
-    return ToolCallsStep(((named[0], {}),)) if named else TextStep("No tool was named.")
+    return Answer(calls=((named[0], {}),)) if named else Answer(content="No tool was named.")
 
 
 class FakeOpenAI:
@@ -216,54 +215,38 @@ class FakeOpenAI:
 
     async def _answer(self, step: Step, body: Json, key: str) -> web.StreamResponse:
         match step:
-            case DelayStep(seconds, then):
+            case Delay(seconds, then):
                 await asyncio.sleep(seconds)
                 return await self._answer(then, body, key)
-            case StatusStep(code, retry_after, said):
+            case Status(code, retry_after, said):
                 headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
                 return _error(code, said or _default_message(code, key), None, headers)
-            case GarbageStep(raw, content_type):
+            case Garbage(raw, content_type):
                 return web.Response(body=raw, content_type=content_type)
-            case TextStep(content):
-                message: Json = {"role": "assistant", "content": content, "refusal": None}
-            case RefusalStep(refused):
-                message = {"role": "assistant", "content": None, "refusal": refused}
-            case ToolCallsStep(calls, content):
-                message = {"role": "assistant", "content": content, "refusal": None}
-                message["tool_calls"] = [
-                    {
-                        "id": f"call_{next(self._ids)}",
-                        "type": "function",
-                        "function": {
-                            "name": name,
-                            "arguments": args if isinstance(args, str) else json.dumps(args),
-                        },
-                    }
-                    for name, args in calls
-                ]
+            case Answer(content, refused, calls):
+                message: Json = {"role": "assistant", "content": content, "refusal": refused}
+                if calls:
+                    message["tool_calls"] = [_call(f"call_{next(self._ids)}", *c) for c in calls]
         prompt = len(json.dumps(body["messages"])) // 4
         completion = max(1, len(json.dumps(message)) // 4)
+        finish = "tool_calls" if "tool_calls" in message else "stop"
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
         return web.json_response(
             {
                 "id": f"chatcmpl-fake{next(self._ids)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
+                "choices": [choice],
+                "usage": usage | {"total_tokens": prompt + completion},
             }
         )
+
+
+def _call(call_id: str, name: str, args: Json | str) -> Json:
+    arguments = args if isinstance(args, str) else json.dumps(args)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _protocol_problem(body: Json) -> str | None:
@@ -283,7 +266,7 @@ def _protocol_problem(body: Json) -> str | None:
             return f"messages[{i}]: tool calls {sorted(unanswered)} have no 'tool' answer"
         if msg.get("role") == "assistant":
             unanswered = {call["id"] for call in msg.get("tool_calls") or []}
-    return None
+    return f"tool calls {sorted(unanswered)} have no 'tool' answer" if unanswered else None
 
 
 def _default_message(code: int, key: str) -> str:
