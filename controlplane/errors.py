@@ -9,9 +9,12 @@ The tree, drawn once::
     ├── NotFoundError              404    not_found          (absent, or in another tenant)
     ├── MethodNotAllowedError      405    method_not_allowed
     ├── ConflictError              409    conflict           (immutable, duplicate, stale)
+    │   └── IdempotencyKeyInProgressError  idempotency_key_in_progress  (same key still running)
     ├── PayloadTooLargeError       413    payload_too_large  (names the limit)
     ├── UnsupportedMediaTypeError  415    unsupported_media_type
     ├── UnprocessableError         422    invalid            (schema, unknown field, bad signature)
+    │   ├── IdempotencyKeyReusedError       idempotency_key_reused  (same key, other request)
+    │   └── IdempotencyKeyUnsupportedError  idempotency_key_unsupported  (shows a secret once)
     └── RateLimitedError           429    rate_limited       (carries Retry-After)
 
 Each error carries structured fields (``code``, ``message``, ``field``, ``details``); the
@@ -97,9 +100,21 @@ class UnsupportedMediaTypeError(ApiError):
     code = "unsupported_media_type"
 
 
+class IdempotencyKeyInProgressError(ConflictError):
+    code = "idempotency_key_in_progress"
+
+
 class UnprocessableError(ApiError):
     status = 422
     code = "invalid"
+
+
+class IdempotencyKeyReusedError(UnprocessableError):
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyUnsupportedError(UnprocessableError):
+    code = "idempotency_key_unsupported"
 
 
 class RateLimitedError(ApiError):

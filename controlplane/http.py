@@ -2,7 +2,8 @@
 
 Handlers are registered on an ``Api`` with their permission, body, query and response models;
 the same registry mounts them on aiohttp and describes them in the OpenAPI document, so the
-document cannot drift from what is served.
+document cannot drift from what is served. It also honours ``Idempotency-Key`` on every
+mutating route, once, around the handler (``controlplane.idempotency``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controlplane import idempotency
 from controlplane.access import Caller, authenticate, bootstrap_ok, hash_token, permits, require
 from controlplane.errors import (
     ApiError,
     BadRequestError,
+    IdempotencyKeyUnsupportedError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -141,6 +144,16 @@ class Route:
     """``token`` (an API token), ``bootstrap`` (the platform token) or ``none``."""
     tag: str
     content_type: str = "application/json"
+    shows_secret: bool = False
+    """The response holds a secret shown once (a token), so it is never stored for replay."""
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the route honours ``Idempotency-Key``: every mutating route of a principal,
+        except those whose response shows a secret once."""
+        return (
+            self.method in idempotency.MUTATING and self.auth == "token" and not self.shows_secret
+        )
 
 
 @dataclass
@@ -164,6 +177,7 @@ class Api:
         status: int = 200,
         auth: str = "token",
         content_type: str = "application/json",
+        shows_secret: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -180,6 +194,7 @@ class Api:
                     auth,
                     tag,
                     content_type,
+                    shows_secret,
                 )
             )
             return handler
@@ -305,15 +320,47 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
             unknown = next(iter(request.query))
             raise BadRequestError(f"unknown query parameter {unknown!r}", field=unknown)
         body, raw = await _read_body(request, route.body) if route.body else (None, None)
-        result = await route.handler(ApiRequest(request, state, caller, body, query, raw))
-        if isinstance(result, web.StreamResponse):
-            return result
-        if result is None:
-            return web.Response(status=204)
-        return json_response(result, route.status)
+        req = ApiRequest(request, state, caller, body, query, raw)
+        key = (
+            idempotency.key_from(request.headers)
+            if request.method in idempotency.MUTATING
+            else None
+        )
+        if key is None:
+            return await _respond(route, req)
+        if not route.idempotent or caller is None:
+            why = "shows a secret once" if route.shows_secret else "has no acting principal"
+            raise IdempotencyKeyUnsupportedError(
+                f"{route.method} {route.path} {why}, so it is never replayed;"
+                f" send it without {idempotency.HEADER}",
+                field=idempotency.HEADER,
+            )
+        fingerprint = idempotency.Fingerprint(
+            caller.tenant_id,
+            caller.principal_id,
+            key,
+            request.method,
+            request.path_qs,
+            idempotency.request_hash(raw, await request.read()),
+        )
+        return await idempotency.once(
+            state,
+            fingerprint,
+            run=lambda: _respond(route, req),
+            render=lambda exc: _error(exc, req.correlation_id),
+        )
 
     endpoint.__name__ = route.handler.__name__
     return endpoint
+
+
+async def _respond(route: Route, req: ApiRequest) -> web.StreamResponse:
+    result = await route.handler(req)
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=204)
+    return json_response(result, route.status)
 
 
 def _bearer(request: web.Request) -> str:

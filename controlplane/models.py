@@ -279,3 +279,33 @@ class Job(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """A mutating request's ``Idempotency-Key`` and, once it finished, its stored response.
+
+    One row per (tenant, acting principal, key). The row is claimed before the handler runs
+    (``status`` None while it runs), so a concurrent request with the same key finds the claim.
+    """
+
+    __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), primary_key=True)
+    """The acting principal (after ``X-Act-As``), so two people's keys never collide."""
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The header's value: 1 to 200 printable ASCII characters chosen by the client."""
+    claim: Mapped[str] = mapped_column(String(32))
+    """Random id of the request that claimed the key; only it records or releases the row."""
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    """The request's path and query string."""
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 of the body (canonical JSON when the route takes one, the raw bytes otherwise)."""
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The stored response's status; None while the first request is still running."""
+    content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The stored response body exactly as first sent."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    """After this the key is forgotten: a sweep deletes it, and a claim replaces it."""

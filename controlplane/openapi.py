@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from controlplane import idempotency
 from controlplane.http import Api, ErrorBody, Route
 
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -26,6 +27,29 @@ _ERRORS = {
     "415": "Not JSON",
     "422": "Well-formed but invalid",
     "429": "Rate limited; see Retry-After",
+}
+
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": idempotency.HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes the request safe to repeat for 24 hours: a repeat by the same principal with the"
+        " same key, method, path and body gets the first response again (with"
+        f" {idempotency.REPLAYED_HEADER}: true) without running again; the same key with"
+        " another request is 422 idempotency_key_reused, and one still running is 409"
+        " idempotency_key_in_progress. 5xx and 429 responses are not kept."
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "pattern": idempotency.KEY_PATTERN,
+    },
+}
+_REPLAYED: dict[str, Any] = {
+    "description": "true when this is the stored response of an earlier request with the key",
+    "schema": {"type": "string", "enum": ["true"]},
 }
 
 
@@ -86,6 +110,8 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
                     "schema": {k: v for k, v in prop.items() if k != "title"},
                 }
             )
+    if route.idempotent:
+        op["parameters"].append(_IDEMPOTENCY_KEY)
     if route.auth != "none":
         op["security"] = [{route.auth: []}]
     if route.body is not None:
@@ -103,6 +129,8 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         if route.response is None and route.content_type == "application/json"
         else str(route.status)
     )
+    if route.idempotent:
+        ok["headers"] = {idempotency.REPLAYED_HEADER: _REPLAYED}
     responses: dict[str, Any] = {status: ok}
     error = {"content": {"application/json": {"schema": _ref(refs, ErrorBody)}}}
     for code, text in _ERRORS.items():

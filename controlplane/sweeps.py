@@ -1,7 +1,8 @@
 """Control plane sweeps: periodic duties that turn the passage of time into events.
 
-Today one duty: approved risk exceptions that expire within a week (or already have) get one
-``exception_expiring`` event each, so the gateway can tell their owners before the gate closes.
+Two duties: approved risk exceptions that expire within a week (or already have) get one
+``exception_expiring`` event each, so the gateway can tell their owners before the gate closes;
+and expired idempotency keys are deleted (``idempotency.TTL`` after their request).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Final
 from sqlalchemy import select
 
 from controlplane.catalog import flag_expiring_exceptions
+from controlplane.idempotency import purge_expired
 from controlplane.models import Tenant, utcnow
 from controlplane.state import ServiceState
 
@@ -36,6 +38,10 @@ async def sweep_once(state: ServiceState, now: datetime | None = None) -> int:
     for tenant_id in tenants:
         async with state.writing() as session:
             flagged += await flag_expiring_exceptions(session, tenant_id, now, EXPIRY_NOTICE)
+    async with state.writing() as session:
+        purged = await purge_expired(session, now)
+    if purged:
+        log.info("expired idempotency keys deleted", extra={"count": purged})
     return flagged
 
 

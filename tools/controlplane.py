@@ -13,10 +13,14 @@ exponential backoff, and only on ``ControlPlaneUnavailableError``; a POST is nev
 a lost response does not mean a lost change.
 
 Exactly once: mutating calls accept an ``idempotency_key`` and send it as ``Idempotency-Key``.
-The control plane ignores that header today; what guarantees exactly-once execution is the
-gateway's confirmation store (a confirmation moves to executed once, under one conditional
-UPDATE). ``promote`` is also safe to repeat on its own through ``from_ring``: a second promote
-of the same step finds the rollout in another ring and gets a ``ConflictError``.
+The control plane honours it: a repeat by the same acting principal with the same key and the
+same request is not run again but replays the first response (for 24 hours, with
+``Idempotent-Replayed: true``); the same key on another request is an ``InvalidError``, and on
+one still running a ``ConflictError``. So a call retried after a lost response with its key
+changes nothing twice. The gateway's confirmation store still decides that a confirmation is
+executed once (one conditional UPDATE), and ``promote`` stays safe to repeat on its own through
+``from_ring``: a second promote of the same step finds the rollout in another ring and gets a
+``ConflictError``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ RolloutStatus = Literal["Healthy", "Progressing", "Paused", "Degraded"]
 PAGE_SIZE: Final = 1000
 """Items per page when the client pages through a list itself (the API's maximum)."""
 MAX_PAGES: Final = 5
-"""Most pages a name lookup or an event read fetches: 5,000 items, a few hundred ms."""
+"""Most pages a list read (an event read, a name lookup) fetches: 5,000 items, a few hundred
+ms."""
 _ID: Final = re.compile(r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,99}$")
 """Control-plane ids; no leading dot, so a model-supplied ``..`` never walks the URL path."""
 
@@ -79,12 +84,12 @@ class PendingApprovals:
 
 @dataclass(frozen=True, slots=True)
 class Matches:
-    """The result of a name lookup the client does by paging (the API has no name filter)."""
+    """The result of a name lookup (the list's ``?name=`` filter)."""
 
     items: tuple[Json, ...]
     """The objects whose name matched."""
     complete: bool
-    """False when the lookup stopped at ``MAX_PAGES`` with more left unread."""
+    """False when the lookup stopped at ``MAX_PAGES`` with more matches left unread."""
 
 
 class ControlPlaneClient:
@@ -189,9 +194,7 @@ class ControlPlaneClient:
     ) -> Matches:
         """Devices named ``name`` (case-insensitive) among those ``act_as`` can see.
 
-        ``GET /devices`` filters by scope only, so this pages through the list, at most
-        ``MAX_PAGES`` pages of ``PAGE_SIZE``; ``Matches.complete`` is False when it stopped
-        there. A ``name`` filter on the control plane would make this one cheap request.
+        One request: ``GET /devices?name=`` (a device name is unique in its tenant).
         """
         return await self._find("/devices", act_as, name, request_id)
 
@@ -207,7 +210,7 @@ class ControlPlaneClient:
     ) -> Matches:
         """Scopes named ``name`` (case-insensitive) in ``act_as``'s subtree.
 
-        Like ``find_devices``, bounded paging: ``GET /scopes`` has no name filter.
+        One request, ``GET /scopes?name=``; scopes under different parents may share a name.
         """
         return await self._find("/scopes", act_as, name, request_id)
 
@@ -328,11 +331,11 @@ class ControlPlaneClient:
         return items[-max(1, limit) :]
 
     async def _find(self, path: str, act_as: str, name: str, request_id: str | None) -> Matches:
-        wanted = name.strip().casefold()
-        items, complete = await self._pages(path, act_as, request_id, {})
-        return Matches(
-            tuple(i for i in items if str(i.get("name", "")).casefold() == wanted), complete
-        )
+        wanted = name.strip()
+        if not wanted:
+            return Matches((), True)  # no object has an empty name
+        items, complete = await self._pages(path, act_as, request_id, {"name": wanted})
+        return Matches(tuple(items), complete)
 
     async def _pages(
         self, path: str, act_as: str, request_id: str | None, params: dict[str, str]

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.access import Caller, require, within
@@ -96,6 +96,8 @@ class InventoryOut(BaseModel):
 class DeviceQuery(Page):
     scope_id: str | None = Field(default=None, max_length=40)
     """Only devices in this scope's subtree."""
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    """Only the device with this name, compared case-insensitively."""
 
 
 def device_out(device: Device, scope_ids: list[str]) -> DeviceOut:
@@ -234,6 +236,10 @@ async def list_devices(req: ApiRequest) -> DeviceList:
             )
         )
         stmt = select(Device).where(Device.tenant_id == me.tenant_id, Device.id.in_(inside))
+        if q.name is not None:
+            # Names are ASCII (DeviceCreate's pattern), where SQLite's lower() agrees with
+            # PostgreSQL's.
+            stmt = stmt.where(func.lower(Device.name) == q.name.lower())
         if after is not None:
             stmt = stmt.where(Device.id > after)
         rows = (await session.execute(stmt.order_by(Device.id).limit(q.limit + 1))).scalars()

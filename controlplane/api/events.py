@@ -312,6 +312,7 @@ def _webhook_out(sub: WebhookSubscription) -> WebhookOut:
     body=WebhookCreate,
     response=WebhookCreated,
     status=201,
+    shows_secret=True,
 )
 async def create_webhook(req: ApiRequest) -> WebhookCreated:
     require(tenant_wide(req.me))

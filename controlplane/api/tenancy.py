@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -165,6 +165,7 @@ def issue_token() -> str:
     body=TenantCreate,
     response=TenantCreated,
     status=201,
+    shows_secret=True,
 )
 async def create_tenant(req: ApiRequest) -> TenantCreated:
     body = req.body
@@ -340,6 +341,9 @@ async def create_scope(req: ApiRequest) -> ScopeOut:
 class ScopeQuery(Page):
     parent_id: str | None = Field(default=None, max_length=40)
     """Only the children of this scope."""
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    """Only scopes with this name, compared case-insensitively (siblings' names are unique,
+    cousins' need not be)."""
 
 
 @api.route(
@@ -361,6 +365,9 @@ async def list_scopes(req: ApiRequest) -> ScopeList:
     )
     if q.parent_id is not None:
         stmt = stmt.where(Scope.parent_id == q.parent_id)
+    if q.name is not None:
+        # Names are ASCII (``Name``'s pattern), where SQLite's lower() agrees with PostgreSQL's.
+        stmt = stmt.where(func.lower(Scope.name) == q.name.lower())
     if after is not None:
         stmt = stmt.where(Scope.id > after)
     async with req.state.sessions() as session:
@@ -467,6 +474,7 @@ async def list_principals(req: ApiRequest) -> PrincipalList:
     body=TokenCreate,
     response=TokenOut,
     status=201,
+    shows_secret=True,
 )
 async def create_token(req: ApiRequest) -> TokenOut:
     body = req.body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.controlplane.client import ControlPlane, Tenant
+from tests.controlplane.client import Client, ControlPlane, Tenant
 
 
 def pkgs(*names: str, version: str = "1.0") -> list[dict[str, Any]]:
@@ -108,3 +108,28 @@ async def test_batch_reports_apply_each_device_on_its_own(cp: ControlPlane) -> N
         },
     )
     assert dup.status == 422
+
+
+async def test_devices_filter_by_exact_name_within_the_callers_scope(cp: ControlPlane) -> None:
+    t, other = await cp.tenant(), await cp.tenant()
+    eng = await t.scope(t.root, "department", "eng")
+    fin = await t.scope(t.root, "department", "fin")
+    mac = await register(t, "Mac-Ana", eng)
+    await register(t, "mac-ana2", eng)
+    secret = await register(t, "fin-box", fin)
+    await register(other, "mac-ana", await other.scope(other.root, "department", "eng"))
+
+    async def named(client: Client, name: str, **params: str) -> list[str]:
+        body = (await client.get("/api/v1/devices", params={"name": name, **params})).ok()
+        assert body["next_cursor"] is None
+        return [d["id"] for d in body["items"]]
+
+    assert await named(t.owner, "mac-ana") == [mac]  # case-insensitive, not a prefix
+    assert await named(t.owner, "MAC-ANA", scope_id=eng) == [mac]
+    assert await named(t.owner, "mac-ana", scope_id=fin) == []
+    assert await named(t.owner, "mac") == []
+    eng_only = await t.principal("eng-viewer", ["viewer"], eng)
+    assert await named(eng_only, "fin-box") == []  # outside the caller's subtree
+    assert await named(t.owner, "fin-box") == [secret]
+    empty = await t.owner.get("/api/v1/devices", params={"name": ""})
+    assert empty.status == 400 and empty.body["error"]["field"] == "name"

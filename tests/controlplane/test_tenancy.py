@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.controlplane.client import ControlPlane
+from tests.controlplane.client import Client, ControlPlane
 
 
 async def test_tenant_bootstrap_requires_platform_token(cp: ControlPlane) -> None:
@@ -91,3 +91,33 @@ async def test_revoked_token_is_refused(cp: ControlPlane) -> None:
     assert (await c.get("/api/v1/whoami")).status == 200
     assert (await t.owner.request("DELETE", f"/api/v1/tokens/{tok['id']}")).status == 204
     assert (await c.get("/api/v1/whoami")).status == 401
+
+
+async def test_scopes_filter_by_exact_name_with_paging_and_confinement(cp: ControlPlane) -> None:
+    t = await cp.tenant()
+    eng = await t.scope(t.root, "department", "Engineering")
+    fin = await t.scope(t.root, "department", "finance")
+    # Teams under different departments may share a name.
+    eng_platform = await t.scope(eng, "team", "Platform")
+    fin_platform = await t.scope(fin, "team", "platform")
+    await t.scope(eng, "team", "platform-tools")
+
+    async def named(client: Client, name: str, **params: str) -> list[str]:
+        body = (await client.get("/api/v1/scopes", params={"name": name, **params})).ok()
+        return [s["id"] for s in body["items"]]
+
+    both = sorted([eng_platform, fin_platform])
+    assert await named(t.owner, "PLATFORM") == both  # case-insensitive, not a prefix
+    first = (await t.owner.get("/api/v1/scopes", params={"name": "platform", "limit": "1"})).ok()
+    rest = (
+        await t.owner.get(
+            "/api/v1/scopes",
+            params={"name": "platform", "limit": "1", "cursor": first["next_cursor"]},
+        )
+    ).ok()
+    assert [s["id"] for s in first["items"] + rest["items"]] == both
+    assert rest["next_cursor"] is None
+    assert await named(t.owner, "platform", parent_id=fin) == [fin_platform]
+    assert await named(t.owner, "engineering") == [eng]
+    eng_admin = await t.principal("eng-admin", ["platform_admin"], eng)
+    assert await named(eng_admin, "platform") == [eng_platform]  # only the caller's subtree
