@@ -25,7 +25,7 @@ from agent.route import (
     ToolOutput,
     UserText,
 )
-from agent.rules_grammar import hint, normalize, parse
+from agent.rules_grammar import APPROVAL_ID, CHANGES, RINGS, head_of, normalize, parse
 from tools.registry import ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ _HELP: Final = re.compile(
     re.IGNORECASE,
 )
 _PUNCTUATION: Final = re.compile(r"[,!.?;:]+")
+# Near misses: a message that starts like a known request but lacks what the grammar needs.
+_DECIDE_VERB: Final = re.compile(r"(?:approve|accept|deny|reject|decline|refuse)\b", re.I)
+_CHANGE_VERB: Final = re.compile(
+    r"(?P<verb>promote|push|advance|pause|halt|resume|unpause|roll ?back|rollback|revert)\b", re.I
+)
+_TO_RING: Final = re.compile(
+    r" (?:to|into|onto) (?:the )?(?:ring ?)?(?P<ring>[\w-]+)(?: ring)?$", re.I
+)
 _DEFAULT_EXAMPLE: Final = "what is waiting for my approval?"
 _QUOTE_LIMIT: Final = 120
 
@@ -105,7 +113,7 @@ def _answer(text: str, request: StepRequest) -> Step:
         return Reply(_help_text(request.tools, request.principal))
     parsed = parse(said)
     if parsed is None:
-        missing = hint(said)
+        missing = _missing(said)
         if missing:
             return Reply(
                 f'I didn\'t understand "{_quote(said)}": {missing} Try /help for what I can do.'
@@ -114,10 +122,17 @@ def _answer(text: str, request: StepRequest) -> Step:
             f'I didn\'t understand "{_quote(said)}". Try /help for what I can do, '
             f"or ask like: {_example(request.tools)}"
         )
+    if parsed.tool in CHANGES and len(parsed.calls) > 1:
+        # The loop refuses a second proposal in one message; say so before anything runs.
+        first = parsed.calls[0]
+        return Reply(
+            "I can propose one change per message; send them one at a time, such as "
+            f'"{first.get("decision", "approve")} {first.get("approval_id", "")}".'
+        )
     offered = {spec.name for spec in request.tools}
     # A tool the principal is not offered is still called: the executor denies it with the
     # deciding policy rule and audits the attempt, which a silent drop here would hide.
-    logger.info(
+    logger.debug(
         "rules route matched",
         extra={
             "tool": parsed.tool,
@@ -131,6 +146,30 @@ def _answer(text: str, request: StepRequest) -> Step:
         for n, args in enumerate(parsed.calls, start=1)
     )
     return CallTools(calls)
+
+
+def _missing(text: str) -> str | None:
+    """What a message that starts like a known request lacks, as a sentence, or None."""
+    head = head_of(text)
+    if _DECIDE_VERB.match(head) and not APPROVAL_ID.search(head):
+        return (
+            "to approve or deny I need the id (apr_… or exc_…); ask "
+            '"what is waiting for my approval?" to see them.'
+        )
+    verb = _CHANGE_VERB.match(head)
+    if verb is None:
+        return None
+    ring = _TO_RING.search(head)
+    if ring and ring["ring"].lower() not in (*RINGS, "0", "1", "2", "3", "4", "next"):
+        return (
+            f'I don\'t know the ring "{ring["ring"]}"; the rings are lab (0), canary (1), '
+            "pilot (2), broad (3) and general (4)."
+        )
+    said = verb["verb"].lower()
+    return (
+        f"I couldn't tell which app to {said}; name it and, if you like, the version, "
+        f'as in "{said} firefox 132".'
+    )
 
 
 def _trailing_outputs(transcript: Sequence[Entry]) -> list[ToolOutput]:

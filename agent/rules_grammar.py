@@ -13,7 +13,7 @@ How a message is read:
 2. ``split_tail``: the text after "because" or ":" is the free-text reason or comment, kept as
    written, for the rules that take one.
 3. The head is matched in full (``fullmatch``, case-insensitive) against ``RULES`` in order;
-   the first match wins. Identifiers (apps, versions, rings, ``apr_``/``dev_``/``scp_`` ids,
+   the first match wins. Identifiers (apps, versions, rings, ``apr_``/``exc_``/``dev_`` ids,
    ``mac-NNNNN`` names) are lowercased, because the control plane spells them that way; scope
    phrases, reasons and comments are kept as written. App names are never expanded ("chrome"
    stays "chrome"): the tools resolve aliases.
@@ -30,6 +30,10 @@ Args = dict[str, Any]
 
 RINGS: Final = ("lab", "canary", "pilot", "broad", "general")
 """Ring names in order (ring 0 to ring 4)."""
+CHANGES: Final = frozenset(
+    {"decide_approval", "promote_rollout", "pause_rollout", "resume_rollout", "rollback_rollout"}
+)
+"""Tools that propose a change; the loop lets a message propose only one."""
 
 # Words that read like an app name in "promote the …" but never are one.
 _RESERVED: Final = (
@@ -46,15 +50,23 @@ _FRAGMENTS: Final = {
     "{RING}": r"(?:ring ?-?(?P<ring_n>[0-4])|(?P<ring>lab|canary|pilot|broad|general)(?: ring)?)",
     # A device: "dev_000001" or "mac-00042", or any name after the word "device".
     "{DEVICE}": r"(?:device (?=[\w.-])|(?=dev_|(?:mac|win|lnx|pc)-\d))(?P<device>[\w.-]+)",
+    # Two to four device ids: "mac-00001 and mac-00002".
+    "{DEVICES}": r"(?P<devices>(?:dev_\w+|(?:mac|win|lnx|pc)-\d+)"
+    r"(?:(?:,? and |, | & )(?:dev_\w+|(?:mac|win|lnx|pc)-\d+)){1,3})",
     # A scope phrase as written, minus a leading "the": "web team", "scp_engineering_web".
     "{SCOPE}": r"(?:the )?(?P<scope>[\w.&'-]+(?: [\w.&'-]+){0,4}?)",
     # Where events happened: a device (by name or after "device") or a scope phrase.
     "{TARGET}": r"(?:device (?P<named>[\w.-]+)|(?:the )?(?P<target>[\w.&'-]+(?: [\w.&'-]+){0,4}?))",
     "{SHOW}": r"(?:(?:show|list|get|give|check|see|view|display|tell|explain)(?: me)?(?: all)? )?",
     "{WHAT}": r"(?:what(?:'?s| is| are)(?: the)? )?",
+    # What waits for a decision: "pending CAB requests", "approvals or exceptions".
+    "{QUEUE}": r"(?:(?:pending|open|outstanding|waiting|new) )?(?:cab |change |risk )?"
+    r"(?:approvals?|requests?|exceptions?|decisions?)"
+    r"(?: (?:or|and) (?:cab |risk )?(?:approvals?|requests?|exceptions?|decisions?))?",
 }
 _DEVICE_ID: Final = re.compile(r"dev_\w+|(?:mac|win|lnx|pc)-\d+", re.IGNORECASE)
-_APPROVAL_ID: Final = re.compile(r"apr_\w+", re.IGNORECASE)
+APPROVAL_ID: Final = re.compile(r"(?:apr|exc)_\w+", re.IGNORECASE)
+"""A CAB request (``apr_…``) or a risk exception (``exc_…``); decide_approval takes both."""
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -95,8 +107,8 @@ def _promote(m: re.Match[str]) -> list[Args]:
 def _decide(m: re.Match[str]) -> list[Args]:
     verb = m["verb"].lower()
     decision = "approve" if verb.startswith(("approv", "accept", "ok", "allow", "lgtm")) else "deny"
-    ids = [found.lower() for found in _APPROVAL_ID.findall(m["ids"])]
-    return [{"approval_id": apr, "decision": decision} for apr in dict.fromkeys(ids)]
+    ids = [found.lower() for found in APPROVAL_ID.findall(m["ids"])]
+    return [{"approval_id": found, "decision": decision} for found in dict.fromkeys(ids)]
 
 
 def _device_name(name: str) -> str:
@@ -105,6 +117,11 @@ def _device_name(name: str) -> str:
 
 def _device(m: re.Match[str]) -> list[Args]:
     return [{"device": _device_name(m["device"])}]
+
+
+def _devices(m: re.Match[str]) -> list[Args]:
+    names = dict.fromkeys(found.lower() for found in _DEVICE_ID.findall(m["devices"]))
+    return [{"device": name} for name in names]
 
 
 def _scope(m: re.Match[str]) -> list[Args]:
@@ -157,19 +174,28 @@ def _rule(
     return Rule(tool, _compile(template), build, examples, tail)
 
 
-_ROLLOUT_TARGET: Final = r"(?:the )?{APP}(?: {VER})?(?: {ROLL})?"
+_ROLLOUT_TARGET: Final = (
+    r"(?:the )?(?:(?:paused|stuck|halted|stopped|current|active|running|ongoing|latest|new) )?"
+    r"{APP}(?: {VER})?(?: {ROLL})?"
+)
+# How far a pause, resume or rollback goes adds nothing the tool needs: "stop firefox where
+# it is", "undo chrome 131 everywhere".
+_IN_PLACE: Final = r"(?: (?:where it is|in place|for now|everywhere|for everyone|completely))?"
 
 RULES: Final[tuple[Rule, ...]] = (
-    # Decisions name their approval ids, so they go first: "approve apr_…" is never a question.
+    # Decisions name their ids, so they go first: "approve apr_…" is never a question. Any
+    # few words may sit between the verb and the id ("approve the zoom CAB request apr_…").
     _rule(
         "decide_approval",
         r"(?P<verb>approve|accept|ok|okay|allow|lgtm|deny|reject|decline|refuse|veto)"
-        r" (?:the )?(?:approval |request )?(?P<ids>apr_\w+(?:(?:,? and |, | & | )apr_\w+)*)",
+        r" (?:[\w-]+ ){0,6}?(?P<ids>(?:apr|exc)_\w+(?:(?:,? and |, | & | )(?:apr|exc)_\w+)*)",
         _decide,
         "approve apr_d26fcb05636447169ba5",
         "deny apr_x because too risky",
         "reject apr_x: not in the change window",
         "approve apr_a and apr_b",
+        "Approve the zoom CAB request apr_c10a22a7f6744be3a05e",
+        "Approve the pending exception exc_0123 with comment 'scanner false positive'",
         tail="comment",
     ),
     # Rollout changes: verb, app, optional version, optional "rollout".
@@ -187,27 +213,34 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     _rule(
         "pause_rollout",
-        r"(?:pause|halt|stop|freeze|suspend|hold) " + _ROLLOUT_TARGET,
+        r"(?:pause|halt|stop|freeze|suspend|hold) " + _ROLLOUT_TARGET + _IN_PLACE,
         _app_version,
         "pause firefox 132",
         "halt the zoom rollout because crashes",
+        "Stop firefox 131 where it is: users report crashes",
         tail="reason",
     ),
     _rule(
         "resume_rollout",
-        r"(?:resume|unpause|un-pause|continue|unfreeze|unhalt|restart) " + _ROLLOUT_TARGET,
+        r"(?:resume|unpause|un-pause|continue|unfreeze|unhalt|restart) "
+        + _ROLLOUT_TARGET
+        + _IN_PLACE,
         _app_version,
         "resume firefox 132",
         "unpause chrome",
+        "Resume the paused firefox rollout: the crash was a test device",
         tail="reason",
     ),
     _rule(
         "rollback_rollout",
-        r"(?:roll ?back|roll-back|revert|undo|back ?out) (?:(?:of|on) )?" + _ROLLOUT_TARGET,
+        r"(?:roll ?back|roll-back|revert|undo|back ?out) (?:(?:of|on) )?"
+        + _ROLLOUT_TARGET
+        + _IN_PLACE,
         _app_version,
         "roll back firefox 132",
         "rollback chrome because users report crashes",
         "revert the zoom rollout",
+        "Undo google-chrome 131.0.6778 everywhere",
         tail="reason",
     ),
     # Risk of an app version.
@@ -218,6 +251,13 @@ RULES: Final[tuple[Rule, ...]] = (
         _app_version,
         "why is zoom risky?",
         "why is zoom 6.2.5 considered high-risk",
+    ),
+    _rule(
+        "explain_risk",
+        r"why (?:does|do) (?:the )?{APP}(?: {VER})? (?:need|needs|require|requires)"
+        r" (?:a |an )?(?:cab )?(?:approval|review|exception)",
+        _app_version,
+        "Why does zoom need CAB approval?",
     ),
     _rule(
         "explain_risk",
@@ -260,11 +300,19 @@ RULES: Final[tuple[Rule, ...]] = (
     _rule(
         "device_compliance",
         r"{SHOW}{WHAT}(?:the )?(?:device )?(?:compliance|drift|status|posture|state)"
-        r"(?: (?:status|report|details|state))? (?:of|for|on) (?:the )?{DEVICE}",
+        r"(?: (?:status|report|details|state|findings|violations|issues))?"
+        r" (?:of|for|on) (?:the )?{DEVICE}",
         _device,
         "compliance of dev_000001",
         "drift on mac-00001",
         "show the compliance status for device ana-laptop",
+        "Show the drift findings on mac-00017",
+    ),
+    _rule(
+        "device_compliance",
+        r"what(?:'?s| is) (?:wrong|up|going on) with {DEVICE}",
+        _device,
+        "What is wrong with dev_000042?",
     ),
     _rule(
         "device_compliance",
@@ -280,6 +328,14 @@ RULES: Final[tuple[Rule, ...]] = (
         "show device mac-00001",
         "check mac-00042 compliance",
         "dev_000001",
+    ),
+    _rule(
+        "device_compliance",
+        r"(?:{SHOW}{WHAT}(?:the )?(?:compliance|drift|status)(?: (?:of|for|on))? |(?:is|are) )?"
+        r"{DEVICES}(?: (?:compliance|drift|status|compliant))?",
+        _devices,
+        "compliance of mac-00001 and mac-00002",
+        "are mac-00001 and dev_000002 compliant",
     ),
     # Recent events, for a device, a scope or everything.
     _rule(
@@ -307,12 +363,13 @@ RULES: Final[tuple[Rule, ...]] = (
     _rule(
         "scope_drift",
         r"{SHOW}{WHAT}(?:the )?(?:drift|compliance)(?: (?:summary|report|status|overview"
-        r"|score|rate|state))? (?:for|in|of|on|across|at|within) {SCOPE}",
+        r"|score|rate|state|counts?|findings))? (?:for|in|of|on|across|at|within) {SCOPE}",
         _scope,
         "show drift for the web team",
         "drift in engineering",
         "drift summary for scp_engineering_web",
         "compliance for the platform team",
+        "Show drift counts for scp_engineering_web",
     ),
     _rule(
         "scope_drift",
@@ -326,6 +383,12 @@ RULES: Final[tuple[Rule, ...]] = (
         r"how much drift (?:is )?(?:there )?(?:in|for|on) {SCOPE}",
         _scope,
         "how much drift is there in the platform team",
+    ),
+    _rule(
+        "scope_drift",
+        r"how much drift (?:does|do) {SCOPE} have",
+        _scope,
+        "How much drift does the web team have?",
     ),
     _rule(
         "scope_drift",
@@ -351,12 +414,21 @@ RULES: Final[tuple[Rule, ...]] = (
     # The caller's approval queue.
     _rule(
         "pending_approvals",
-        r"{SHOW}(?:all |any )?(?:of )?(?:my |the )?(?:(?:pending|open|outstanding|waiting) )?"
-        r"approvals?(?: requests?| queue| inbox)?(?: (?:pending|waiting|for me|to do|to review))?",
+        r"{SHOW}(?:all |any )?(?:of )?(?:my |the )?{QUEUE}(?: requests?| queue| inbox)?"
+        r"(?: (?:pending|waiting|for me|to do|to review|to decide))?",
         _no_args,
         "pending approvals",
         "show my approvals",
         "any approvals for me?",
+        "Show me the pending CAB requests",
+    ),
+    _rule(
+        "pending_approvals",
+        r"(?:do i have|have i got|are there|is there) (?:any(?:thing)? )?{QUEUE}"
+        r"(?: (?:to (?:decide|approve|review)(?: on)?|pending|waiting(?: for me)?|for me))?",
+        _no_args,
+        "Do I have any approvals or exceptions to decide?",
+        "are there any pending approvals",
     ),
     _rule(
         "pending_approvals",
@@ -399,6 +471,14 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     _rule(
         "rollout_status",
+        r"why (?:is|are) " + _ROLLOUT_TARGET + r" (?:still )?(?:paused|stuck|blocked|halted"
+        r"|stopped|on hold|not progressing|not moving|failing|slow)",
+        _app_version,
+        "Why is firefox 132 paused?",
+        "why is the chrome rollout stuck",
+    ),
+    _rule(
+        "rollout_status",
         r"(?:where|what ring|which ring) is " + _ROLLOUT_TARGET + r"(?: (?:at|in|now))?",
         _app_version,
         "where is chrome 131",
@@ -424,12 +504,13 @@ RULES: Final[tuple[Rule, ...]] = (
         r"{SHOW}{WHAT}(?:(?:what|which) )?(?:the |all the )?"
         r"(?:(?:active|current|running|ongoing|open) )?"
         r"(?:roll-?outs?|deployments?)(?: (?:status|progress|overview|summary))?"
-        r"(?: (?:are )?(?:running|in progress|active|going on))?",
+        r"(?: (?:are )?(?:running|in progress|in flight|underway|active|going on))?",
         _no_args,
         "rollout status",
         "list rollouts",
         "show rollouts",
         "what rollouts are running",
+        "What rollouts are in flight?",
     ),
 )
 
@@ -487,11 +568,18 @@ def split_tail(text: str) -> tuple[str, str | None]:
     if found is None:
         return text, None
     tail = text[found.end() :].strip()
+    if len(tail) > 1 and tail[0] == tail[-1] and tail[0] in "'\"":
+        tail = tail[1:-1].strip()  # "with comment 'scanner false positive'"
     return text[: found.start()].strip(), tail or None
 
 
 def _clean(head: str) -> str:
     return " ".join(_QUOTES.sub("", _TRAIL.sub("", head)).split())
+
+
+def head_of(text: str) -> str:
+    """The message as the rules that take a reason see it: normalized, before "because"."""
+    return _clean(split_tail(normalize(text))[0])
 
 
 def parse(text: str) -> Parsed | None:
@@ -509,39 +597,3 @@ def parse(text: str) -> Parsed | None:
             calls = [{**args, rule.tail: tail} for args in calls]
         return Parsed(rule.tool, tuple(calls), index)
     return None
-
-
-# --- near misses: say precisely what was missing -----------------------------------------
-
-_DECIDE_VERB: Final = re.compile(r"(?:approve|accept|deny|reject|decline|refuse)\b", re.I)
-_CHANGE_VERB: Final = re.compile(
-    r"(?P<verb>promote|push|advance|pause|halt|resume|unpause|roll ?back|rollback|revert)\b", re.I
-)
-_TO_RING: Final = re.compile(
-    r" (?:to|into|onto) (?:the )?(?:ring ?)?(?P<ring>[\w-]+)(?: ring)?$", re.I
-)
-
-
-def hint(text: str) -> str | None:
-    """What was missing from a message that starts like a known request, or None."""
-    head, _ = split_tail(normalize(text))
-    head = _clean(head)
-    if _DECIDE_VERB.match(head) and not _APPROVAL_ID.search(head):
-        return (
-            'to approve or deny I need the approval id (apr_…); ask "what is waiting for my '
-            'approval?" to see them.'
-        )
-    verb = _CHANGE_VERB.match(head)
-    if verb is None:
-        return None
-    ring = _TO_RING.search(head)
-    if ring and ring["ring"].lower() not in (*RINGS, "0", "1", "2", "3", "4", "next"):
-        return (
-            f'I don\'t know the ring "{ring["ring"]}"; the rings are lab (0), canary (1), '
-            "pilot (2), broad (3) and general (4)."
-        )
-    said = verb["verb"].lower()
-    return (
-        f"I couldn't tell which app to {said}; name it and, if you like, the version, "
-        f'as in "{said} firefox 132".'
-    )

@@ -101,6 +101,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("pending approvals", "pending_approvals", {}),
     ("Hey goodbot, can you please list my pending approvals?", "pending_approvals", {}),
     ("do I have anything to approve", "pending_approvals", {}),
+    ("Do I have any approvals or exceptions to decide?", "pending_approvals", {}),
     # decide_approval
     (
         "approve apr_d26fcb05636447169ba5",
@@ -121,6 +122,16 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "please approve apr_abc",
         "decide_approval",
         {"approval_id": "apr_abc", "decision": "approve"},
+    ),
+    (
+        "Approve the zoom CAB request apr_c10a22a7f6744be3a05e",
+        "decide_approval",
+        {"approval_id": "apr_c10a22a7f6744be3a05e", "decision": "approve"},
+    ),
+    (
+        "Approve the pending exception exc_0123 with comment 'scanner false positive'",
+        "decide_approval",
+        {"approval_id": "exc_0123", "decision": "approve", "comment": "scanner false positive"},
     ),
     # device_compliance
     ("why is mac-00042 non-compliant?", "device_compliance", {"device": "mac-00042"}),
@@ -145,6 +156,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("show rollouts", "rollout_status", {}),
     ("how is the google-chrome rollout going", "rollout_status", {"app": "google-chrome"}),
     ("How's the Zoom deployment going?", "rollout_status", {"app": "zoom"}),
+    ("Why is firefox 132 paused?", "rollout_status", {"app": "firefox", "version": "132"}),
     # promote_rollout
     (
         "promote google-chrome to pilot",
@@ -181,6 +193,11 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "pause_rollout",
         {"app": "firefox", "version": "132", "reason": "it Crashes on launch"},
     ),
+    (
+        "Stop firefox 131 where it is: users report crashes",
+        "pause_rollout",
+        {"app": "firefox", "version": "131", "reason": "users report crashes"},
+    ),
     # resume_rollout
     ("resume firefox 132", "resume_rollout", {"app": "firefox", "version": "132"}),
     ("unpause chrome", "resume_rollout", {"app": "chrome"}),
@@ -194,6 +211,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("revert the zoom rollout", "rollback_rollout", {"app": "zoom"}),
     # explain_risk
     ("why is zoom risky?", "explain_risk", {"app": "zoom"}),
+    ("Why does zoom need CAB approval?", "explain_risk", {"app": "zoom"}),
     ("explain the risk of zoom 6.2.5", "explain_risk", {"app": "zoom", "version": "6.2.5"}),
     ("risk score for crowdstrike-falcon", "explain_risk", {"app": "crowdstrike-falcon"}),
     (
@@ -246,22 +264,21 @@ def test_each_rule_is_documented_by_examples_it_matches(index: int, example: str
     assert parsed.rule == index, f"{example!r} matched rule {parsed.rule}, not {index}"
 
 
-async def test_two_approval_ids_make_two_calls_sharing_the_comment() -> None:
-    answer = await say("approve apr_a and apr_b: both reviewed")
+async def test_two_devices_make_two_calls() -> None:
+    answer = await say("Compliance of MAC-00001 and mac-00002?")
     assert answer == CallTools(
         (
-            ToolCall(
-                "rules-1",
-                "decide_approval",
-                {"approval_id": "apr_a", "decision": "approve", "comment": "both reviewed"},
-            ),
-            ToolCall(
-                "rules-2",
-                "decide_approval",
-                {"approval_id": "apr_b", "decision": "approve", "comment": "both reviewed"},
-            ),
+            ToolCall("rules-1", "device_compliance", {"device": "mac-00001"}),
+            ToolCall("rules-2", "device_compliance", {"device": "mac-00002"}),
         )
     )
+
+
+async def test_two_decisions_in_one_message_are_asked_for_one_at_a_time() -> None:
+    # The loop refuses a second proposal per message, so the route never asks for one.
+    reply = await reply_to("deny apr_a and apr_b because too risky")
+    assert "one change per message" in reply
+    assert '"deny apr_a"' in reply
 
 
 async def test_a_tool_not_offered_is_still_called_for_the_executor_to_deny() -> None:
