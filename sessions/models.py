@@ -197,3 +197,42 @@ class AuditRecord(Base):
     timestamp: Mapped[datetime] = mapped_column(UtcDateTime)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Notification(Base):
+    """A message for one principal on one channel, waiting in the outbox until it is taken."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("principal_id", "channel", "dedupe_key"),
+        Index("ix_notifications_undelivered", "principal_id", "channel", "delivered_at", "id"),
+        Index("ix_notifications_created_at", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Serial, primary_key=True)
+    """Increasing, so it orders a principal's notifications."""
+    principal_id: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(40))
+    topic: Mapped[str] = mapped_column(String(200))
+    """What it is about, such as ``approval.requested`` (the subscription topics)."""
+    text: Mapped[str] = mapped_column(Text)
+    """One plain sentence or two, ids included; already stripped of markup."""
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    """Structured facts (ids, ring) a channel may render as a card."""
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    """Names what happened (``approval:apr_…``), so it is stored once per principal and
+    channel however often, and by however many replicas, the event is read."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """Set, once, by the conditional UPDATE that hands it to the channel."""
+
+
+class NotificationCursor(Base):
+    """How far the notification poller has read one source (a control-plane event type)."""
+
+    __tablename__ = "notification_cursor"
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    """The last event seq read and acted on; it only ever moves forward."""
+    event_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """That event's time, so the next read can ask only for events since about then."""
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -22,6 +22,7 @@ from sessions.canonical import canonical, to_json
 from sessions.db import Database, create_engine, migrate
 from sessions.directory import Directory
 from sessions.group_commit import GroupCommit
+from sessions.notifications import NotificationOutbox
 from sessions.results import (
     IN_FLIGHT,
     Admitted,
@@ -63,6 +64,8 @@ class SessionStore:
         """The engine and the write discipline (one writer at a time on SQLite)."""
         self.directory = Directory(self.db)
         """Conversation references and notification subscriptions."""
+        self.notifications = NotificationOutbox(self.db)
+        """Notifications waiting for their principals, and the poller's cursors."""
         self._chain = chain.AuditChain()
         self._audit = GroupCommit(self._append)
 
