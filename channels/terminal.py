@@ -34,11 +34,10 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self, TextIO
+from typing import Any, Final, Literal, TextIO
 from urllib.parse import quote
 
 import aiohttp
@@ -117,6 +116,12 @@ class Target:
     """The gateway's base URL, without a trailing slash."""
     token: str = field(repr=False)
     """The bearer token; only ever sent in the Authorization header."""
+    data_dir: Path | None = field(default=None, compare=False)
+    """The data directory ``locate`` looked in; ``chat`` keeps its history there."""
+
+    def __post_init__(self) -> None:
+        if not _TOKEN.match(self.token):  # a CR or LF in a header value would inject headers
+            raise ValueError("the token is malformed (printable ASCII, no spaces)")
 
 
 def locate(
@@ -143,7 +148,7 @@ def locate(
         raise TerminalError(
             "the CLI token is malformed (printable ASCII, no spaces)", exit_code=EXIT_NOT_ALLOWED
         )
-    return Target(url=url, token=secret)
+    return Target(url=url, token=secret, data_dir=base)
 
 
 def _read_url(base: Path) -> str:
@@ -251,34 +256,9 @@ def _unreachable(url: str, exc: BaseException) -> GatewayUnreachableError:
 class _Gateway:
     """One HTTP session with the gateway; the only place that speaks the protocol."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, session: aiohttp.ClientSession) -> None:
         self._target = target
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(
-            headers={
-                "Authorization": f"Bearer {self._target.token}",
-                "User-Agent": "goodbot-cli",
-            },
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
-            read_bufsize=LINE_LIMIT,
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use _Gateway as an async context manager"
-        return self._session
+        self.session = session
 
     def _url(self, path: str) -> str:
         return f"{self._target.url}{path}"
@@ -316,7 +296,9 @@ class _Gateway:
             while True:
                 try:
                     raw = await response.content.readline()
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                except ValueError as exc:  # longer than LINE_LIMIT
+                    raise GatewayUnreachableError("the gateway sent an overlong line") from exc
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     log.info("turn stream broke", extra={"error": type(exc).__name__})
                     raise GatewayUnreachableError(
                         "the connection to the gateway broke during the turn"
@@ -373,6 +355,17 @@ class _Gateway:
         raise _refusal(status, body, None)
 
 
+@contextlib.asynccontextmanager
+async def _connect(target: Target) -> AsyncIterator[_Gateway]:
+    headers = {"Authorization": f"Bearer {target.token}", "User-Agent": "goodbot-cli"}
+    async with aiohttp.ClientSession(
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+        read_bufsize=LINE_LIMIT,
+    ) as session:
+        yield _Gateway(target, session)
+
+
 def _result_of(turn: render.TurnView) -> Json:
     """The result of a turn whose stream has ended; raises when it failed or was cut short."""
     turn.close()
@@ -395,11 +388,6 @@ def _streams(out: TextIO | None, err: TextIO | None) -> tuple[TextIO, TextIO]:
 def _report(err: TextIO, exc: TerminalError) -> int:
     print(f"goodbot: {render.clean(exc.message)}", file=err)
     return exc.exit_code
-
-
-def _dump(out: TextIO, document: Any) -> None:
-    out.write(json.dumps(document, indent=2) + "\n")
-    out.flush()
 
 
 async def ask(
@@ -426,13 +414,13 @@ async def ask(
         return _report(err, TerminalError("nothing to ask", exit_code=EXIT_INVALID))
     turn = render.TurnView(None if json_output else render.make_console(out), hint=True)
     try:
-        async with _Gateway(target) as gateway:
+        async with _connect(target) as gateway:
             await gateway.turn(text, conversation, turn)
         result = _result_of(turn)
     except TerminalError as exc:
         return _report(err, exc)
     if json_output:
-        _dump(out, {**result, "notifications": turn.notifications})
+        render.print_json(out, {**result, "notifications": turn.notifications})
     return EXIT_OK
 
 
@@ -453,16 +441,12 @@ def _show_decided(
     document: Json, confirmation_id: str, console: Console | None, out: TextIO, err: TextIO
 ) -> int:
     if console is None:
-        _dump(out, document)
+        render.print_json(out, document)
     elif document.get("outcome") in ("confirmed", "denied"):
         render.show_decision(console, document)
     else:
-        reason = document.get("reason") or document.get("outcome")
-        print(
-            f"goodbot: {render.clean(confirmation_id)}: {render.clean(reason)}"
-            f" ({render.clean(document.get('outcome'))})",
-            file=err,
-        )
+        reason, outcome = document.get("reason") or "", document.get("outcome")
+        print(f"goodbot: {render.clean(f'{confirmation_id}: {reason} ({outcome})')}", file=err)
     return _decision_exit(document)
 
 
@@ -495,7 +479,7 @@ async def decide(
         message = f"not a confirmation id: {render.clean(confirmation_id)!r}"
         return _report(err, TerminalError(message, exit_code=EXIT_INVALID))
     try:
-        async with _Gateway(target) as gateway:
+        async with _connect(target) as gateway:
             document = await gateway.decide(confirmation_id, decision, arguments_hash)
     except TerminalError as exc:
         return _report(err, exc)
@@ -521,13 +505,13 @@ async def notifications(
     """
     out, err = _streams(out, err)
     try:
-        async with _Gateway(target) as gateway:
+        async with _connect(target) as gateway:
             inbox = _items(await gateway.get("/cli/v1/notifications"))
             pending = _items(await gateway.get("/cli/v1/confirmations"))
     except TerminalError as exc:
         return _report(err, exc)
     if json_output:
-        _dump(out, {"items": inbox, "confirmations": pending})
+        render.print_json(out, {"items": inbox, "confirmations": pending})
     else:
         render.show_inbox(render.make_console(out), inbox, pending)
     return EXIT_OK
@@ -543,12 +527,12 @@ async def whoami(
     """``goodbot whoami``: the principal, roles and tools the gateway grants our token."""
     out, err = _streams(out, err)
     try:
-        async with _Gateway(target) as gateway:
+        async with _connect(target) as gateway:
             document = await gateway.get("/cli/v1/whoami")
     except TerminalError as exc:
         return _report(err, exc)
     if json_output:
-        _dump(out, document)
+        render.print_json(out, document)
     else:
         render.show_whoami(render.make_console(out), document, _shown(target.url))
     return EXIT_OK
@@ -565,10 +549,12 @@ async def chat(
 ) -> int:
     """``goodbot chat``: a conversation at the prompt until ``/quit``, Ctrl-D or Ctrl-C.
 
-    On a terminal: readline editing with history in ``history_file``, a spinner while a turn
-    streams, and Ctrl-C cancels the running turn. Elsewhere (a pipe, a test) it reads plain
-    lines from ``stdin`` and echoes each as ``you> …``. A proposed action is asked about at
-    once: ``y``/``yes`` confirms it (with the arguments hash shown), any other answer denies it.
+    On a terminal: readline editing with history in ``history_file`` (default: ``chat_history``
+    in the target's data directory, if it exists), a spinner while a turn streams, and Ctrl-C
+    stops waiting for the running turn (the gateway still finishes it and keeps the reply).
+    Elsewhere (a pipe, a test) it reads plain lines from ``stdin`` and echoes each as ``you> …``.
+    A proposed action is asked about at once: ``y``/``yes`` confirms it (with the arguments hash
+    shown), any other answer denies it.
 
     Returns:
         0 when the operator leaves; 3 when the gateway refuses the token; 5 when it is not there.
@@ -577,7 +563,9 @@ async def chat(
     stdin = stdin or sys.stdin
     interactive = stdin is sys.stdin and render.is_terminal(stdin)
     console = render.make_console(out)
-    async with _Gateway(target) as gateway:
+    if history_file is None and target.data_dir is not None and target.data_dir.is_dir():
+        history_file = target.data_dir / "chat_history"
+    async with _connect(target) as gateway:
         try:
             me = await gateway.get("/cli/v1/whoami")
         except TerminalError as exc:
@@ -620,7 +608,8 @@ async def _chat_turn(
             streamed = gateway.turn(text, conversation, turn)
             finished = await render.until_interrupted(streamed, lines.interactive)
         if not finished:
-            render.show_note(console, "cancelled", style="yellow")
+            note = "cancelled (the gateway still finishes the turn and keeps its reply)"
+            render.show_note(console, note, style="yellow")
             return False
         _result_of(turn)
         if turn.confirmation is None:

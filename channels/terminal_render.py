@@ -96,6 +96,12 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=False)
 
 
+def print_json(out: TextIO, document: Any) -> None:
+    """``document`` as the one JSON document on ``out`` (``--json``; ASCII, so no escapes)."""
+    out.write(json.dumps(document, indent=2) + "\n")
+    out.flush()
+
+
 def trace_line(name: str, arguments: Mapping[str, Any]) -> str:
     """The one-line trace of a tool call: ``→ rollout_status(app=google-chrome)``."""
     parts = []
@@ -120,11 +126,11 @@ def show_tool_result(console: Console, name: str, status: str, text: str) -> Non
 
 def show_notification(console: Console, item: Mapping[str, Any]) -> None:
     """A notification waiting for the operator, with its time."""
-    when = clean(item.get("created_at", ""))
+    when = clean(item.get("created_at") or "")
     line = Text()
     line.append("● ", style="cyan")
     line.append(f"[{when}] " if when else "", style="dim")
-    line.append(clean(item.get("text", "")))
+    line.append(clean(item.get("text") or ""))
     console.print(line)
 
 
@@ -384,8 +390,9 @@ class OperatorInput:
 
 @contextlib.contextmanager
 def interruptible_input() -> Iterator[None]:
+    """While a blocking ``input()`` waits, Ctrl-C raises ``KeyboardInterrupt`` in it."""
     # asyncio.run() turns Ctrl-C into cancelling the main task, which a blocking input() never
-    # sees; while it waits, Ctrl-C raises KeyboardInterrupt as in a plain script.
+    # sees, so the prompt would hang until Enter.
     try:
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread

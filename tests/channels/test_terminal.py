@@ -10,7 +10,9 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from channels import terminal
+from channels import terminal, terminal_render
 from channels.terminal import Target, TerminalError, locate
 
 Json = dict[str, Any]
@@ -678,6 +680,7 @@ def test_locate_reads_the_data_dir(tmp_path: Path) -> None:
     write_data_dir(tmp_path)
 
     assert locate(tmp_path, None, None) == Target("http://127.0.0.1:8080", "tok-local")
+    assert locate(tmp_path, None, None).data_dir == tmp_path
     assert locate(tmp_path, None, None, as_principal="ben") == Target(
         "http://127.0.0.1:8080", "tok-ben"
     )
@@ -744,3 +747,45 @@ def test_a_broken_gateway_json(tmp_path: Path) -> None:
 
     with pytest.raises(TerminalError, match=r"gateway\.json is not JSON"):
         locate(tmp_path, None, None)
+
+
+async def test_text_from_the_gateway_cannot_drive_the_terminal(fake: Fake) -> None:
+    gateway, target = fake
+    proposal = {**confirmation(), "summary": "Pause \u202eniarts\u202c chrome\x1b]0;pwned\x07"}
+    gateway.turns["sneaky"] = [
+        {"type": "reply", "text": "ok\x1b[2J\rdone"},
+        *pause_turn(proposal)[3:],
+    ]
+    out = io.StringIO()
+
+    assert await terminal.ask(target, "sneaky", json_output=False, out=out) == 0
+
+    text = out.getvalue()
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text)
+    assert "ok\ufffd[2J\ufffddone" in text
+    assert "confirm with: goodbot confirm c-7f3a" in text
+
+
+async def test_ctrl_c_cancels_the_running_turn_only() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
+
+    assert await terminal_render.until_interrupted(asyncio.sleep(10), enabled=True) is False
+    assert await terminal_render.until_interrupted(asyncio.sleep(0), enabled=True) is True
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_expiry_reads_as_a_time_and_a_countdown() -> None:
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+    assert terminal_render.describe_expiry("2025-06-01T12:04:00Z", now) == (
+        "2025-06-01 12:04:00 UTC (in 4 min)"
+    )
+    assert terminal_render.describe_expiry("2025-06-01T11:59:00+00:00", now).endswith("(expired)")
+    assert terminal_render.describe_expiry("soon", now) == "soon"
+
+
+def test_target_refuses_a_token_that_could_inject_headers() -> None:
+    with pytest.raises(ValueError, match="malformed") as caught:
+        Target("http://127.0.0.1:1", "tok\r\nX-Admin: 1")
+    assert "X-Admin" not in str(caught.value)
