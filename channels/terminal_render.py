@@ -97,7 +97,7 @@ def _json(value: Any) -> str:
 
 
 def print_json(out: TextIO, document: Any) -> None:
-    """``document`` as the one JSON document on ``out`` (``--json``; ASCII, so no escapes)."""
+    """``document`` as the one JSON document on ``out`` (ASCII only: no control reaches a tty)."""
     out.write(json.dumps(document, indent=2) + "\n")
     out.flush()
 
