@@ -147,8 +147,8 @@ def _client(args: argparse.Namespace) -> int:
     try:
         target = terminal.locate(args.data_dir, args.gateway, args.token, args.as_principal)
     except terminal.TerminalError as exc:
-        print(f"goodbot: {exc}", file=sys.stderr)
-        return 2
+        print(f"goodbot: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     if args.command == "ask":
         return asyncio.run(
             terminal.ask(target, args.text, json_output=args.json, conversation=args.conversation)
