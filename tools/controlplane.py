@@ -182,6 +182,33 @@ class ControlPlaneClient:
         path = _path("approvals", approval_id, "decision")
         return await self._call("POST", path, act_as, request_id, body=body, key=idempotency_key)
 
+    async def approval(
+        self, act_as: str, approval_id: str, *, request_id: str | None = None
+    ) -> Json:
+        """One CAB approval: its subject, ring, requester and decision."""
+        path = _path("approvals", approval_id)
+        return await self._call("GET", path, act_as, request_id)
+
+    async def decide_exception(
+        self,
+        act_as: str,
+        exception_id: str,
+        decision: Literal["approve", "deny"],
+        comment: str = "",
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> Json:
+        """Approve or deny a risk exception as ``act_as``; the decided exception.
+
+        Raises:
+            ConflictError: It was decided already, or it expired.
+            NotAllowedError: ``act_as`` requested it or is not a security reviewer.
+        """
+        body = {"decision": decision, "comment": comment}
+        path = _path("exceptions", exception_id, "decision")
+        return await self._call("POST", path, act_as, request_id, body=body, key=idempotency_key)
+
     async def device_compliance(
         self, act_as: str, device_id: str, *, request_id: str | None = None
     ) -> Json:
@@ -197,6 +224,11 @@ class ControlPlaneClient:
         One request: ``GET /devices?name=`` (a device name is unique in its tenant).
         """
         return await self._find("/devices", act_as, name, request_id)
+
+    async def device(self, act_as: str, device_id: str, *, request_id: str | None = None) -> Json:
+        """One device: name, platform, ring and the scopes it belongs to."""
+        path = _path("devices", device_id)
+        return await self._call("GET", path, act_as, request_id)
 
     async def scope_compliance(
         self, act_as: str, scope_id: str, *, request_id: str | None = None
@@ -214,12 +246,34 @@ class ControlPlaneClient:
         """
         return await self._find("/scopes", act_as, name, request_id)
 
+    async def scope(self, act_as: str, scope_id: str, *, request_id: str | None = None) -> Json:
+        """One scope, with ``path`` (``/root/…/scope_id/``) naming its ancestors."""
+        path = _path("scopes", scope_id)
+        return await self._call("GET", path, act_as, request_id)
+
     async def apps(
         self, act_as: str, name: str | None = None, *, request_id: str | None = None
     ) -> list[Json]:
         """Catalog applications (the first page), or the one named ``name``."""
         body = await self._call("GET", "/apps", act_as, request_id, params=_params(name=name))
         return list(body["items"])
+
+    async def app(self, act_as: str, app_id: str, *, request_id: str | None = None) -> Json:
+        """One catalog application."""
+        path = _path("apps", app_id)
+        return await self._call("GET", path, act_as, request_id)
+
+    async def versions(
+        self, act_as: str, app_id: str, *, request_id: str | None = None
+    ) -> list[Json]:
+        """An application's versions (up to ``MAX_PAGES`` pages), in id order."""
+        items, _ = await self._pages(_path("apps", app_id, "versions"), act_as, request_id, {})
+        return items
+
+    async def version(self, act_as: str, version_id: str, *, request_id: str | None = None) -> Json:
+        """One version of an application, with its supply-chain gate and evidence status."""
+        path = _path("versions", version_id)
+        return await self._call("GET", path, act_as, request_id)
 
     async def rollouts(
         self,
@@ -237,6 +291,11 @@ class ControlPlaneClient:
     async def rollout(self, act_as: str, rollout_id: str, *, request_id: str | None = None) -> Json:
         """One rollout with every gate of its ring measured now."""
         path = _path("rollouts", rollout_id)
+        return await self._call("GET", path, act_as, request_id)
+
+    async def intent(self, act_as: str, intent_id: str, *, request_id: str | None = None) -> Json:
+        """One deployment intent: its version, target scope, ring and state."""
+        path = _path("intents", intent_id)
         return await self._call("GET", path, act_as, request_id)
 
     async def promote(
