@@ -217,6 +217,9 @@ async def test_recent_events_newest_first_for_a_scope_or_device(
         device = await read(ctx, "recent_events", device="dev_000230", limit=5)
         by_name = await read(ctx, "recent_events", device="mac-00230", limit=5)
         scope = await read(ctx, "recent_events", scope="the contoso organization")
+        # Nothing is recorded against the web team itself (its devices' events name them):
+        # every window up to the start of the chain is read, and none is found.
+        quiet = await read(ctx, "recent_events", scope="web")
         for bad in (0, 51):
             with pytest.raises(ToolInputError, match="limit must be between 1 and 50"):
                 await read(ctx, "recent_events", limit=bad)
@@ -231,6 +234,9 @@ async def test_recent_events_newest_first_for_a_scope_or_device(
     assert device.scope_path[0] == "scp_contoso" and len(device.scope_path) > 1
     assert {e["scope_id"] for e in scope.data["events"]} == {"scp_contoso"}
     assert len(scope.data["events"]) == 10 and scope.scope_path == ("scp_contoso",)
+    assert quiet.data == {"events": []}
+    assert quiet.text == "No events for scope scp_engineering_web."
+    assert quiet.scope_path == ("scp_contoso", "scp_engineering", "scp_engineering_web")
     # The audit trail needs an organization-wide principal that may read events.
     async with context(shared_demo_cp, "vera") as ctx:
         with pytest.raises(NotAllowedError, match=re.escape("grants event.read")):

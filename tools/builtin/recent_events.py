@@ -3,14 +3,17 @@ control plane)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from tools.builtin.render import one_line, table
 from tools.builtin.resolve import common_scope_path, find_device, find_scope, path_ids
-from tools.registry import ToolContext, ToolInputError, ToolResult, tool
+from tools.registry import Json, ToolContext, ToolInputError, ToolResult, tool
 
 LIMIT_MAX: Final = 50
 """Most events one answer lists."""
+WINDOWS: Final = (timedelta(days=1), timedelta(days=30), None)
+"""How far back the newest events are looked for, widened in turn (None: from the start)."""
 _DETAIL_KEYS: Final = 6
 """Most ``data`` entries shown per event (the rest stay in ``data``)."""
 
@@ -41,13 +44,21 @@ async def recent_events(
         raise ToolInputError(f"limit must be between 1 and {LIMIT_MAX}, not {limit}")
     scope_doc = await find_scope(ctx, scope) if scope is not None else None
     device_doc = await find_device(ctx, device) if device is not None else None
-    events = await ctx.cp.events(
-        ctx.act_as,
-        scope_id=scope_doc["id"] if scope_doc else None,
-        device_id=device_doc["id"] if device_doc else None,
-        limit=limit,
-        request_id=ctx.request_id,
-    )
+    events: list[Json] = []
+    now = datetime.now(UTC)
+    for window in WINDOWS:
+        # The API lists oldest first and the client reads a bounded number of pages forward,
+        # so "newest" is read from a recent start, widened only when that holds too few.
+        events = await ctx.cp.events(
+            ctx.act_as,
+            scope_id=scope_doc["id"] if scope_doc else None,
+            device_id=device_doc["id"] if device_doc else None,
+            since=None if window is None else now - window,
+            limit=limit,
+            request_id=ctx.request_id,
+        )
+        if len(events) >= limit:
+            break
     events = list(reversed(events))
     if scope_doc is not None:
         path = path_ids(str(scope_doc["path"]))

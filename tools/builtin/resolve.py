@@ -15,15 +15,14 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from tools.builtin.render import RINGS, one_line, ring_label
 from tools.errors import ControlPlaneError, NotAllowedError, NotFoundError
-from tools.registry import ToolContext, ToolInputError
+from tools.registry import Json, ToolContext, ToolInputError
 
 log = logging.getLogger(__name__)
 
-Json = dict[str, Any]
 LAST_RING: Final = max(RINGS)
 IN_FLIGHT: Final = ("active", "paused")
 """Intent states of a rollout that is still moving (the ring verbs apply)."""
