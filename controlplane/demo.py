@@ -44,7 +44,7 @@ SEED: Final = 20261122
 
 PRINCIPALS: Final = (
     # name, roles, scope (dotted path of names below the organization; "" = whole org)
-    ("ana", ["platform_admin", "cab_approver"], ""),
+    ("ana", ["platform_admin", "cab_approver", "endpoint_ops"], ""),
     ("li", ["cab_approver", "auditor"], ""),
     ("sam", ["endpoint_ops"], "engineering"),
     ("priya", ["operator"], "engineering.platform"),

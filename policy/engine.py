@@ -135,6 +135,27 @@ class Policy:
             False, f"none of the roles {list(principal.roles)} grants {action}", "default:deny"
         )
 
+    def decide_any_target(
+        self, principal: PrincipalRef | None, action: str, channel: Channel
+    ) -> Decision:
+        """May ``principal`` use ``action`` here for some target? (Before the target is known.)
+
+        A grant narrowed to scopes allows here, with its scopes named; the target's own check
+        (``decide`` with its scope path) follows once the target is known.
+        """
+        if principal is None:
+            return self.decide(principal, action, channel)
+        for role in principal.roles:
+            for n, raw in enumerate(self.source.roles[role].grants):
+                grant = raw if isinstance(raw, Grant) else Grant(action=raw)
+                if grant.action != action:
+                    continue
+                decided = self.decide(principal, action, channel, tuple(grant.scopes or ()))
+                if decided.allowed:
+                    where = f" inside scopes {', '.join(grant.scopes)}" if grant.scopes else ""
+                    return Decision(True, f"role {role} grants {action}{where}", decided.rule)
+        return self.decide(principal, action, channel)
+
     def granted_actions(self, principal: PrincipalRef, channel: Channel) -> set[str]:
         """Actions the principal may use on this channel for some target (tools to offer)."""
         out: set[str] = set()

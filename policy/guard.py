@@ -26,9 +26,7 @@ class PolicyGuard:
     def authorize(self, action: str, scope_path: Sequence[str] | None) -> Decision:
         """Decide ``action`` for a target in ``scope_path``; None: for some target."""
         if scope_path is None:
-            if action in self.policy.granted_actions(self.principal, self.channel):
-                return Decision(True, f"{action} is granted here for some target", "granted")
-            return self.policy.decide(self.principal, action, self.channel, ())
+            return self.policy.decide_any_target(self.principal, action, self.channel)
         return self.policy.decide(self.principal, action, self.channel, tuple(scope_path))
 
     def redact(self, text: str) -> str:
