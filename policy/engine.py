@@ -146,7 +146,7 @@ class Policy:
         if principal is None:
             return self.decide(principal, action, channel)
         for role in principal.roles:
-            for n, raw in enumerate(self.source.roles[role].grants):
+            for raw in self.source.roles[role].grants:
                 grant = raw if isinstance(raw, Grant) else Grant(action=raw)
                 if grant.action != action:
                     continue
