@@ -28,7 +28,7 @@ async def test_pending_approvals_lists_what_a_cab_approver_may_decide(
         assert zoom["risk_score"] == 52.75 and zoom["kind"] == "cab_approval"
         assert "decide" not in zoom
         assert result.data["principal"] == approver
-        assert f"| {zoom['id']} | CAB approval |" in result.text
+        assert f"| {zoom['id']} | publish zoom 6.2.5 into ring 2 (pilot)" in result.text
         assert result.text.startswith(f"2 waiting for a decision by “{approver}”")
     # omar asked for both; separation of duties keeps his own requests off his list.
     async with context(shared_demo_cp, "omar") as ctx:

@@ -42,20 +42,21 @@ async def pending_approvals(ctx: ToolContext) -> ToolResult:
     if not items:
         text = f"Nothing is waiting for a decision by {quoted(pending.principal, 100)}."
     else:
+        # Few, short columns: the id must survive a narrow terminal whole, since people type
+        # it back; the full reason stays in ``data``.
         rows = [
             (
                 i["id"],
-                "CAB approval" if i["kind"] == "cab_approval" else "risk exception",
-                i["summary"],
-                "—" if i["ring"] is None else i["ring"],
+                str(i["summary"] or "")
+                .removeprefix("CAB approval to ")
+                .removeprefix("Risk exception for "),
                 i["requested_by"],
-                i["reason"],
                 measure(i["risk_score"]),
-                i["expires_at"] or "—",
+                str(i["expires_at"] or "—")[:10],
             )
             for i in items
         ]
-        headers = ("Id", "Kind", "What", "Ring", "Requested by", "Reason", "Risk", "Expires")
+        headers = ("Id", "What", "Requested by", "Risk", "Expires")
         text = (
             f"{len(items)} waiting for a decision by {quoted(pending.principal, 100)}:\n\n"
             + table(headers, rows)
