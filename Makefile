@@ -1,5 +1,6 @@
 # goodbot developer targets. Every target bootstraps .venv on first use.
-#   make run     serve the control plane with demo data (the main job, until the gateway lands)
+#   make run     serve the gateway with the embedded demo control plane (the main job)
+#   make chat    chat with it as the local user (another terminal)
 #   make check   format check, lint, mypy strict, import contracts, the full test suite
 SHELL := /bin/bash
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= .goodbot
 
-.PHONY: run check test lint fmt types contracts bench clean system-deps migration
+.PHONY: run chat check test lint fmt types contracts bench clean system-deps migration
 
 $(PY):
 	@interp="$$(bash deploy/find-python.sh)" || exit 1; \
@@ -23,7 +24,10 @@ system-deps:
 	@bash deploy/system-deps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/goodbot controlplane serve --demo --data-dir $(DATA_DIR)
+	$(VENV)/bin/goodbot serve --data-dir $(DATA_DIR)
+
+chat: $(STAMP)
+	$(VENV)/bin/goodbot chat --data-dir $(DATA_DIR)
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

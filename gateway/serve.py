@@ -38,7 +38,9 @@ class ControlPlaneHandle:
 
 
 @contextlib.asynccontextmanager
-async def embedded_control_plane(data_dir: Path) -> AsyncIterator[ControlPlaneHandle]:
+async def embedded_control_plane(
+    data_dir: Path, port: int = 0
+) -> AsyncIterator[ControlPlaneHandle]:
     """Run the reference control plane with the demo tenant on a free loopback port."""
     from controlplane.app import create_app
     from controlplane.demo import ensure_demo
@@ -46,13 +48,13 @@ async def embedded_control_plane(data_dir: Path) -> AsyncIterator[ControlPlaneHa
     from controlplane.settings import ControlPlaneSettings
     from controlplane.state import STATE
 
-    settings = ControlPlaneSettings(data_dir=data_dir / "controlplane", host="127.0.0.1", port=0)
+    settings = ControlPlaneSettings(data_dir=data_dir / "controlplane", host="127.0.0.1", port=port)
     app = await create_app(settings)
     tokens_file = await ensure_demo(app[STATE])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{port}"
@@ -67,7 +69,8 @@ async def embedded_control_plane(data_dir: Path) -> AsyncIterator[ControlPlaneHa
 async def control_plane(settings: GatewaySettings) -> AsyncIterator[ControlPlaneHandle]:
     """The configured control plane, or the embedded demo one when none is configured."""
     if settings.controlplane.url is None:
-        async with embedded_control_plane(settings.data_dir) as handle:
+        embedded = embedded_control_plane(settings.data_dir, settings.controlplane.embedded_port)
+        async with embedded as handle:
             yield handle
         return
     token = settings.secret("controlplane")

@@ -43,6 +43,8 @@ class ControlPlaneSettings(Section):
     """A file holding the credential, read at start."""
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     """Longest a tool waits for the control plane."""
+    embedded_port: int = Field(default=8081, ge=0, le=65535)
+    """Loopback port of the embedded demo control plane (no ``url``); 0 picks a free one."""
 
 
 class DatabaseSettings(Section):

@@ -36,6 +36,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[str, str
     env = dict(os.environ)
     env["GOODBOT_CP_SIMULATOR_ENABLED"] = "false"  # keep the demo's rollouts where they are
     env["GOODBOT_NOTIFICATIONS__POLL_SECONDS"] = "0.5"
+    env["GOODBOT_CONTROLPLANE__EMBEDDED_PORT"] = "0"
     env.pop("GOODBOT_CONFIG", None)
     data = tmp_path / "data"
     proc = subprocess.Popen(
