@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
@@ -152,20 +152,9 @@ class ToolExecutor:
         verdict = ctx.guard.authorize(spec.action, None)
         if not verdict.allowed:
             return _denied(call, arguments, verdict.reason, verdict.rule)
-        try:
-            async with asyncio.timeout(self.timeout):
-                produced = await spec.function(ctx, **arguments)
-        except TimeoutError:
-            return _failed(call, arguments, f"{spec.name} did not finish within {self.timeout:g} s")
-        except ToolInputError as exc:
-            return _failed(call, arguments, str(exc))
-        except ControlPlaneError as exc:
-            return _failed(call, arguments, describe_error(exc))
-        except Exception:
-            log.exception("tool failed", extra={"tool": spec.name, "request_id": ctx.request_id})
-            return _failed(
-                call, arguments, f"{spec.name} failed unexpectedly (request id {ctx.request_id})"
-            )
+        produced = await self._bounded(ctx, call, spec, arguments, spec.function(ctx, **arguments))
+        if isinstance(produced, ToolOutcome):
+            return produced
         if spec.mutating:
             if not isinstance(produced, Proposal):
                 raise TypeError(f"mutating tool {spec.name} must return a Proposal")
@@ -256,9 +245,27 @@ class ToolExecutor:
         if not verdict.allowed:
             return _denied(call, arguments, verdict.reason, verdict.rule)
         keyed = dataclasses.replace(ctx, idempotency_key=confirmation.idempotency_key)
+        result = await self._bounded(
+            ctx, call, spec, arguments, spec.execute_function(keyed, arguments)
+        )
+        if isinstance(result, ToolOutcome):
+            return result
+        if not isinstance(result, ToolResult):
+            raise TypeError(f"the executor of {spec.name} must return a ToolResult")
+        return ToolOutcome(call.id, spec.name, arguments, "ok", result.text, result.data)
+
+    async def _bounded(
+        self,
+        ctx: ToolContext,
+        call: ToolCall,
+        spec: ToolSpec,
+        arguments: Json,
+        running: Awaitable[Any],
+    ) -> Any:
+        """Await a tool function within the timeout; a failure becomes an ``error`` outcome."""
         try:
             async with asyncio.timeout(self.timeout):
-                result = await spec.execute_function(keyed, arguments)
+                return await running
         except TimeoutError:
             return _failed(call, arguments, f"{spec.name} did not finish within {self.timeout:g} s")
         except ToolInputError as exc:
@@ -266,9 +273,10 @@ class ToolExecutor:
         except ControlPlaneError as exc:
             return _failed(call, arguments, describe_error(exc))
         except Exception:
-            log.exception("execution failed", extra={"tool": spec.name})
-            return _failed(call, arguments, f"{spec.name} failed unexpectedly")
-        return ToolOutcome(call.id, spec.name, arguments, "ok", result.text, result.data)
+            log.exception("tool failed", extra={"tool": spec.name, "request_id": ctx.request_id})
+            return _failed(
+                call, arguments, f"{spec.name} failed unexpectedly (request id {ctx.request_id})"
+            )
 
     async def _audit_call(self, ctx: ToolContext, outcome: ToolOutcome) -> None:
         redacted = ctx.guard.redact(orjson.dumps(outcome.arguments).decode())
