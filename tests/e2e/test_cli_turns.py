@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,23 @@ async def test_health_and_metrics(gw: GatewayUnderTest) -> None:
     assert status == 200
     assert 'goodbot_messages_total{channel="cli",outcome="accepted"} 1.0' in metrics
     assert 'goodbot_tool_seconds_count{status="ok",tool="scope_drift"} 1.0' in metrics
+
+
+async def test_a_busy_database_is_waited_for_and_nothing_is_lost(gw: GatewayUnderTest) -> None:
+    """Another process holds SQLite's write lock while a message arrives: the message waits
+    (busy timeout) instead of failing, and is stored and answered once the lock is released."""
+    database = gw.data_dir / "gateway.db"
+    assert database.exists()
+    other = sqlite3.connect(database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        turn = asyncio.create_task(gw.turn("ana", "show drift for engineering"))
+        await asyncio.sleep(0.5)
+        assert not turn.done()  # held up by the lock, not failed
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    answered = await turn
+    assert answered.status == 200 and answered.result["tool_calls"][0]["status"] == "ok"
+    history = await gw.gateway.store.history(answered.result["conversation_id"])
+    assert [m.direction for m in history] == ["in", "out"]
