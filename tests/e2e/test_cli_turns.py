@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from channels.base import InboundMessage, RefusedError
 from gateway.admin import verify
 from tests.demo import DemoControlPlane
 from tests.e2e.harness import GatewayUnderTest, running_gateway
@@ -227,3 +228,14 @@ async def test_a_busy_database_is_waited_for_and_nothing_is_lost(gw: GatewayUnde
     assert answered.status == 200 and answered.result["tool_calls"][0]["status"] == "ok"
     history = await gw.gateway.store.history(answered.result["conversation_id"])
     assert [m.direction for m in history] == ["in", "out"]
+
+
+async def test_an_unknown_sender_is_denied_and_audited(gw: GatewayUnderTest) -> None:
+    """A channel that verified a sender the policy does not know (say, a valid Teams user
+    who is not a principal) gets a refusal; the attempt is audited, the text is not stored."""
+    stranger = InboundMessage("cli", "sha256:" + "0" * 64, "evt-x", "cli:x:default", "hello")
+    with pytest.raises(RefusedError) as refused:
+        await gw.gateway.turns.admit(stranger)
+    assert refused.value.status == 403 and refused.value.code == "unknown_sender"
+    (record,) = [line async for line in gw.gateway.store.export_audit() if "evt-x" in line]
+    assert "default:unknown-sender" in record and "hello" not in record
