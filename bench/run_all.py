@@ -17,6 +17,8 @@ BENCHES = (
     ["bench.http_reads"],
     ["bench.gates"],
     ["bench.release_reads"],
+    ["bench.gateway_pipeline"],
+    ["bench.gateway_model_load"],
 )
 
 
