@@ -138,7 +138,9 @@ class Route(Protocol):
     """Chooses the next step of a turn."""
 
     name: str
-    """``rules`` or ``openai`` (for logs, metrics and the audit)."""
+    """``rules`` or ``openai`` (for logs, metrics and the audit). A route may also set
+    ``uses_history = False`` when it never reads earlier messages; the gateway then skips
+    loading them."""
 
     async def next_step(self, request: StepRequest) -> RouteResult:
         """The next step; raise ``RouteError`` when none can be produced."""

@@ -77,6 +77,8 @@ class RulesRoute:
 
     name: str = "rules"
     """Route name for logs, metrics and the audit."""
+    uses_history: bool = False
+    """Each message is read on its own, so the loop need not load the conversation."""
 
     async def next_step(self, request: StepRequest) -> RouteResult:
         """The next step of the turn (never fails: anything unparsed becomes a ``Reply``)."""

@@ -142,25 +142,18 @@ class TurnService:
             ref.name,
             masked.text,
             message.channel_message_id,
+            audit={
+                **meta,
+                "text": masked.text,
+                "redacted": list(masked.kinds),
+                "policy_revision": policy.revision,
+            },
         )
         sender = Sender(ref.name, ref.roles)
         if not admitted.new:
             self.metrics.messages.labels(channel, "duplicate").inc()
             return Admission(message, sender, admitted.message_id, admitted.conversation_id, True)
         self.metrics.messages.labels(channel, "accepted").inc()
-        await self.store.audit(
-            "message.received",
-            ref.name,
-            channel,
-            admitted.conversation_id,
-            {
-                **meta,
-                "message_id": admitted.message_id,
-                "text": masked.text,
-                "redacted": list(masked.kinds),
-                "policy_revision": policy.revision,
-            },
-        )
         waiting: tuple[dict[str, Any], ...] = ()
         if self.notifications is not None:
             waiting = tuple(await self.notifications.take(ref.name, channel))
@@ -204,18 +197,20 @@ class TurnService:
         policy = self.policy.current
         ref = policy.principal(sender.principal)
         request_id = uuid.uuid4().hex
-        await self.store.mark_message(admission.message_id, "processing")
+        # No separate "processing" mark: an unfinished message is re-run after a crash either
+        # way, and the mark would cost a write transaction on every turn.
         if ref is None:  # removed from the policy since admission
             return await self._finish(admission, TurnResult("You are no longer a known principal."))
         chan = cast(Channel, msg.channel)  # admitted, so one of CHANNELS
-        history = await self.store.history(admission.conversation_id, self.loop.history + 1)
-        entries: list[Entry] = [
-            UserText(m.text) if m.direction == "in" else AssistantText(m.text)
-            for m in history
-            if m.id != admission.message_id
-        ]
-        stored = next((m for m in history if m.id == admission.message_id), None)
-        text = stored.text if stored is not None else redact(msg.text).text
+        entries: list[Entry] = []
+        if getattr(self.loop.route, "uses_history", True):
+            window = await self.store.history(admission.conversation_id, self.loop.history + 1)
+            entries = [
+                UserText(m.text) if m.direction == "in" else AssistantText(m.text)
+                for m in window
+                if m.id != admission.message_id
+            ]
+        text = redact(msg.text).text
         ctx = self._context(policy, ref, chan, admission.conversation_id, request_id)
         turn = Turn(text, entries, ctx, self._offered(policy, ref, chan), ref.roles)
         try:
@@ -240,12 +235,6 @@ class TurnService:
         self, admission: Admission, result: TurnResult, request_id: str = ""
     ) -> TurnReport:
         reply = redact(result.reply).text
-        await self.store.record_reply(
-            admission.conversation_id,
-            reply,
-            in_reply_to=admission.message_id,
-            principal_id=admission.sender.principal,
-        )
         calls = [
             {
                 "call_id": o.call_id,
@@ -259,12 +248,13 @@ class TurnService:
         confirmation = (
             confirmation_event(result.confirmation) if result.confirmation is not None else None
         )
-        await self.store.audit(
-            "message.replied",
-            admission.sender.principal,
-            admission.message.channel,
+        await self.store.record_reply(
             admission.conversation_id,
-            {
+            reply,
+            in_reply_to=admission.message_id,
+            principal_id=admission.sender.principal,
+            channel=admission.message.channel,
+            audit={
                 "message_id": admission.message_id,
                 "request_id": request_id,
                 "route": result.route,

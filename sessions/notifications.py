@@ -235,6 +235,17 @@ class NotificationOutbox:
             limit: Most notifications to hand over; the rest wait for the next call.
             now: The delivery time; the current time if None.
         """
+        # Most messages find nothing waiting: a read answers that without the write lock.
+        probe = (
+            select(_N.id)
+            .where(
+                _N.principal_id == principal_id, _N.channel == channel, _N.delivered_at.is_(None)
+            )
+            .limit(1)
+        )
+        async with self._db.reading() as conn:
+            if (await conn.execute(probe)).first() is None:
+                return []
         async with self._db.writing() as conn:
             return await take(conn, principal_id, channel, now or datetime.now(UTC), limit)
 

@@ -117,6 +117,7 @@ class SessionStore:
         text: str,
         channel_message_id: str | None = None,
         *,
+        audit: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> Admitted:
         """Store an inbound message as ``accepted`` before anything processes it.
@@ -131,14 +132,17 @@ class SessionStore:
             principal_id: The resolved sender.
             text: The message text, already redacted.
             channel_message_id: The channel's id for the message, if it has one.
+            audit: When given, a ``message.received`` audit record with this data (and the
+                new ``message_id``) is appended in the same transaction; already redacted.
             now: The time of admission; the current time if None.
 
         Returns:
             ``Admitted(new=False, …)`` naming the first delivery's message for a repeat.
         """
+        moment = _now(now)
         try:
             async with self.db.writing() as conn:
-                return await messages.admit(
+                admitted = await messages.admit(
                     conn,
                     channel=channel,
                     event_id=event_id,
@@ -146,8 +150,15 @@ class SessionStore:
                     principal_id=principal_id,
                     text=text,
                     channel_message_id=channel_message_id,
-                    now=_now(now),
+                    now=moment,
                 )
+                if audit is not None:
+                    data = {**audit, "message_id": admitted.message_id}
+                    record = self._record(
+                        "message.received", principal_id, channel, admitted.conversation_id, data
+                    )
+                    await self._chain.append(conn, [record], moment)
+                return admitted
         except messages.DuplicateEventError:
             async with self.db.reading() as conn:
                 return await messages.first_admission(conn, channel, event_id)
@@ -176,6 +187,8 @@ class SessionStore:
         in_reply_to: int | None = None,
         principal_id: str | None = None,
         channel_message_id: str | None = None,
+        audit: Mapping[str, Any] | None = None,
+        channel: str | None = None,
         now: datetime | None = None,
     ) -> int:
         """Store goodbot's reply; if it answers ``in_reply_to``, mark that message ``done``.
@@ -186,6 +199,9 @@ class SessionStore:
             in_reply_to: The inbound message it finishes, in the same transaction.
             principal_id: The addressee, if one.
             channel_message_id: The channel's id for the sent message, if known.
+            audit: When given, a ``message.replied`` audit record with this data (and the
+                reply's ``reply_id``) is appended in the same transaction; already redacted.
+            channel: The channel, for that audit record.
             now: The time of the reply; the current time if None.
 
         Returns:
@@ -194,16 +210,24 @@ class SessionStore:
         Raises:
             LookupError: there is no such conversation.
         """
+        moment = _now(now)
         async with self.db.writing() as conn:
-            return await messages.reply(
+            reply_id = await messages.reply(
                 conn,
                 conversation_id=conversation_id,
                 text=text,
                 principal_id=principal_id,
                 channel_message_id=channel_message_id,
                 in_reply_to=in_reply_to,
-                now=_now(now),
+                now=moment,
             )
+            if audit is not None:
+                data = {**audit, "reply_id": reply_id}
+                record = self._record(
+                    "message.replied", principal_id, channel, conversation_id, data
+                )
+                await self._chain.append(conn, [record], moment)
+            return reply_id
 
     async def pending_messages(self, limit: int = 1000) -> list[StoredMessage]:
         """Inbound messages left ``accepted`` or ``processing`` (after a crash), oldest first."""
@@ -385,12 +409,24 @@ class SessionStore:
                 cannot represent (an integer beyond 2**53).
             TypeError: ``data`` is not JSON.
         """
+        # Checked here so that one bad record cannot fail the batch it would have joined.
+        record = self._record(type, principal_id, channel, conversation_id, data)
+        return await self._audit.submit(record)
+
+    @staticmethod
+    def _record(
+        type: str,
+        principal_id: str | None,
+        channel: str | None,
+        conversation_id: str | None,
+        data: Mapping[str, Any],
+    ) -> chain.NewAudit:
+        """A checked new audit record: dotted type, JSON data RFC 8785 can represent."""
         if not AUDIT_TYPE.match(type):
             raise ValueError(f"audit type {type!r} is not dotted lowercase")
         record = chain.NewAudit(type, principal_id, channel, conversation_id, to_json(dict(data)))
-        # Checked here so that one bad record cannot fail the batch it would have joined.
         canonical(record.data)
-        return await self._audit.submit(record)
+        return record
 
     async def _append(self, records: Sequence[chain.NewAudit]) -> list[AuditEntry]:
         async with self.db.writing() as conn:
