@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -211,13 +211,15 @@ class TurnService:
                 if m.id != admission.message_id
             ]
         text = redact(msg.text).text
-        ctx = self._context(policy, ref, chan, admission.conversation_id, request_id)
+        ctx = self._context(policy, ref, chan, admission.conversation_id, request_id, audit_log=[])
         turn = Turn(text, entries, ctx, self._offered(policy, ref, chan), ref.roles)
         try:
             result = await self.loop.run(turn, emit)
         except Exception:
             log.exception("turn failed", extra={"request_id": request_id})
             await self.store.mark_message(admission.message_id, "failed", "internal error")
+            for kind, data in ctx.audit_log or ():
+                await self.store.audit(kind, ref.name, msg.channel, admission.conversation_id, data)
             await self.store.audit(
                 "turn.failed",
                 ref.name,
@@ -229,10 +231,14 @@ class TurnService:
                 500, "internal", f"Something went wrong on our side (request id {request_id})."
             ) from None
         self._observe(result)
-        return await self._finish(admission, result, request_id)
+        return await self._finish(admission, result, request_id, ctx.audit_log or ())
 
     async def _finish(
-        self, admission: Admission, result: TurnResult, request_id: str = ""
+        self,
+        admission: Admission,
+        result: TurnResult,
+        request_id: str = "",
+        tool_audit: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> TurnReport:
         reply = redact(result.reply).text
         calls = [
@@ -254,6 +260,7 @@ class TurnService:
             in_reply_to=admission.message_id,
             principal_id=admission.sender.principal,
             channel=admission.message.channel,
+            audit_before=tool_audit,
             audit={
                 "message_id": admission.message_id,
                 "request_id": request_id,
@@ -384,7 +391,13 @@ class TurnService:
     # Helpers.
 
     def _context(
-        self, policy: Policy, ref: PrincipalRef, channel: Channel, conversation: str, rid: str
+        self,
+        policy: Policy,
+        ref: PrincipalRef,
+        channel: Channel,
+        conversation: str,
+        rid: str,
+        audit_log: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> ToolContext:
         return ToolContext(
             principal=ref.name,
@@ -394,6 +407,7 @@ class TurnService:
             request_id=rid,
             cp=self.cp,
             guard=PolicyGuard(policy, ref, channel),
+            audit_log=audit_log,
         )
 
     def _offered(self, policy: Policy, ref: PrincipalRef, channel: str) -> list[Any]:

@@ -189,6 +189,7 @@ class SessionStore:
         channel_message_id: str | None = None,
         audit: Mapping[str, Any] | None = None,
         channel: str | None = None,
+        audit_before: Sequence[tuple[str, Mapping[str, Any]]] = (),
         now: datetime | None = None,
     ) -> int:
         """Store goodbot's reply; if it answers ``in_reply_to``, mark that message ``done``.
@@ -202,6 +203,8 @@ class SessionStore:
             audit: When given, a ``message.replied`` audit record with this data (and the
                 reply's ``reply_id``) is appended in the same transaction; already redacted.
             channel: The channel, for that audit record.
+            audit_before: Further ``(type, data)`` records of the turn (its tool calls),
+                appended before ``message.replied`` in the same transaction.
             now: The time of the reply; the current time if None.
 
         Returns:
@@ -221,12 +224,16 @@ class SessionStore:
                 in_reply_to=in_reply_to,
                 now=moment,
             )
+            records = [
+                self._record(kind, principal_id, channel, conversation_id, data)
+                for kind, data in audit_before
+            ]
             if audit is not None:
                 data = {**audit, "reply_id": reply_id}
-                record = self._record(
-                    "message.replied", principal_id, channel, conversation_id, data
+                records.append(
+                    self._record("message.replied", principal_id, channel, conversation_id, data)
                 )
-                await self._chain.append(conn, [record], moment)
+            await self._chain.append(conn, records, moment)
             return reply_id
 
     async def pending_messages(self, limit: int = 1000) -> list[StoredMessage]:

@@ -280,25 +280,22 @@ class ToolExecutor:
 
     async def _audit_call(self, ctx: ToolContext, outcome: ToolOutcome) -> None:
         redacted = ctx.guard.redact(orjson.dumps(outcome.arguments).decode())
-        await self.store.audit(
-            "tool.called" if outcome.status != "denied" else "tool.denied",
-            ctx.principal,
-            ctx.channel,
-            ctx.conversation_id,
-            {
-                "tool": outcome.name,
-                "call_id": outcome.call_id,
-                "arguments": redacted,
-                "status": outcome.status,
-                "rule": outcome.rule,
-                "request_id": ctx.request_id,
-                "seconds": round(outcome.seconds, 4),
-                "confirmation_id": outcome.confirmation.id if outcome.confirmation else None,
-                "error": ctx.guard.redact(outcome.text[:500])
-                if outcome.status == "error"
-                else None,
-            },
-        )
+        kind = "tool.called" if outcome.status != "denied" else "tool.denied"
+        data = {
+            "tool": outcome.name,
+            "call_id": outcome.call_id,
+            "arguments": redacted,
+            "status": outcome.status,
+            "rule": outcome.rule,
+            "request_id": ctx.request_id,
+            "seconds": round(outcome.seconds, 4),
+            "confirmation_id": outcome.confirmation.id if outcome.confirmation else None,
+            "error": ctx.guard.redact(outcome.text[:500]) if outcome.status == "error" else None,
+        }
+        if ctx.audit_log is not None:
+            ctx.audit_log.append((kind, data))
+            return
+        await self.store.audit(kind, ctx.principal, ctx.channel, ctx.conversation_id, data)
 
 
 def _parse_arguments(raw: dict[str, Any] | str) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class ToolContext:
     """Authorization and redaction for this principal and channel."""
     idempotency_key: str | None = None
     """Set when executing a confirmed proposal: pass it to the control plane's mutating call."""
+    audit_log: list[tuple[str, dict[str, Any]]] | None = None
+    """When set, the executor adds its ``tool.*`` audit records here, and the turn commits them
+    with its reply in one transaction; otherwise each record is appended at once."""
 
 
 @dataclass(frozen=True, slots=True)
