@@ -154,6 +154,7 @@ class ToolSpec:
     """The change may remove or undo something (rollback)."""
     examples: tuple[str, ...] = field(default_factory=tuple)
     """Plain-English requests this tool answers, for ``/help``."""
+    _schema: Json | None = field(default=None, repr=False)
 
     def executor(self, fn: ExecuteFn) -> ExecuteFn:
         """Register the function that makes a mutating tool's confirmed change."""
@@ -176,12 +177,18 @@ class ToolSpec:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     def json_schema(self) -> Json:
-        """The arguments' JSON schema (an ``object``), as offered to a model."""
-        schema = self.arguments.model_json_schema()
-        schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
-            prop.pop("title", None)
-        return schema
+        """The arguments' JSON schema (an ``object``), as offered to a model.
+
+        Built once (pydantic takes milliseconds per tool, and a model route offers every tool
+        on every step); callers must not modify it.
+        """
+        if self._schema is None:
+            schema = self.arguments.model_json_schema()
+            schema.pop("title", None)
+            for prop in schema.get("properties", {}).values():
+                prop.pop("title", None)
+            self._schema = schema
+        return self._schema
 
     def openai_tool(self) -> Json:
         """The Chat Completions ``tools`` entry for this tool."""
