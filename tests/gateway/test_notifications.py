@@ -124,7 +124,16 @@ async def call(demo: DemoControlPlane, who: str, method: str, path: str, body: A
 
 
 async def test_the_first_poll_tells_deciders_owners_and_nobody_twice(setup: Setup) -> None:
-    assert await setup.notifications.poll() == 6
+    # A round that meets a slow or failing control plane ends early and the next one goes on
+    # (seen once in a long suite run): count rounds until one finds nothing new. An event
+    # passed over for good, or told twice, still shows as a total other than 6.
+    total = 0
+    for _ in range(3):
+        found = await setup.notifications.poll()
+        if found == 0:
+            break
+        total += found
+    assert total == 6
     assert await setup.notifications.poll() == 0
 
     pending = {item["id"] for item in (await setup.cp.pending_approvals("ana")).items}
