@@ -220,8 +220,8 @@ async def test_a_security_reviewer_decides_a_risk_exception(demo_cp: DemoControl
         [item] = queue.data["items"]
         assert (item["id"], item["kind"]) == (exception["id"], "exception")
         [row] = table_rows(queue.text, exception["id"])
-        assert row[1] == "risk exception"
-        assert row[5] == "scanner false positive \\| see ↵ ticket 42"
+        assert row[1].startswith("Risk exception (vulnerability) for terraform")
+        assert f"- {exception['id']}: “scanner false positive \\| see ↵ ticket 42”" in queue.text
         proposal = await propose(
             ctx, "decide_approval", approval_id=exception["id"], decision="approve"
         )

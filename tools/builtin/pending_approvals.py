@@ -57,9 +57,11 @@ async def pending_approvals(ctx: ToolContext) -> ToolResult:
             for i in items
         ]
         headers = ("Id", "What", "Requested by", "Risk", "Expires")
+        reasons = "\n".join(f"- {i['id']}: {quoted(i['reason'])}" for i in items if i["reason"])
         text = (
             f"{len(items)} waiting for a decision by {quoted(pending.principal, 100)}:\n\n"
             + table(headers, rows)
+            + (f"\n\nWhy each needs a decision:\n\n{reasons}" if reasons else "")
             + "\n\nDecide one with its id: approve or deny, with a comment."
         )
     if pending.truncated:
