@@ -28,7 +28,8 @@ from typing import Any, Final
 
 Args = dict[str, Any]
 
-RINGS: Final = ("lab", "canary", "pilot", "broad", "general")
+RINGS: Final = ("lab", "canary", "pilot", "department", "global", "broad", "general")
+"""Ring names as the control plane says them (0 lab … 4 global), and common synonyms."""
 """Ring names in order (ring 0 to ring 4)."""
 CHANGES: Final = frozenset(
     {"decide_approval", "promote_rollout", "pause_rollout", "resume_rollout", "rollback_rollout"}
@@ -47,7 +48,10 @@ _FRAGMENTS: Final = {
     "{VER}": r"(?:v|version |ver )?(?P<version>\d+(?:\.\d+){0,4}(?:[-+][\w.]+)?)",
     # The word that may follow an app: "the zoom rollout".
     "{ROLL}": r"(?:roll-?outs?|deployments?|releases?|updates?|upgrades?)",
-    "{RING}": r"(?:ring ?-?(?P<ring_n>[0-4])|(?P<ring>lab|canary|pilot|broad|general)(?: ring)?)",
+    "{RING}": (
+        r"(?:ring ?-?(?P<ring_n>[0-4])"
+        r"|(?P<ring>lab|canary|pilot|department|global|broad|general)(?: ring)?)"
+    ),
     # A device: "dev_000001" or "mac-00042", or any name after the word "device".
     "{DEVICE}": r"(?:device (?=[\w.-])|(?=dev_|(?:mac|win|lnx|pc)-\d))(?P<device>[\w.-]+)",
     # Two to four device ids: "mac-00001 and mac-00002".

@@ -174,6 +174,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         {"app": "chrome", "version": "131", "to_ring": "2"},
     ),
     ("move zoom to broad", "promote_rollout", {"app": "zoom", "to_ring": "broad"}),
+    ("promote chrome to global", "promote_rollout", {"app": "chrome", "to_ring": "global"}),
+    ("promote zoom to department", "promote_rollout", {"app": "zoom", "to_ring": "department"}),
     (
         "Can you PROMOTE Google-Chrome 131.0.6778 to the PILOT ring please?",
         "promote_rollout",
