@@ -19,7 +19,7 @@ import requests
 
 
 def goodbot(
-    *args: str, env: dict[str, str], timeout: float = 60
+    *args: str, env: dict[str, str], timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
@@ -28,6 +28,7 @@ def goodbot(
         text=True,
         timeout=timeout,
         check=False,
+        input=stdin,
     )
 
 
@@ -114,3 +115,31 @@ def test_serve_then_chat_through_the_demo(
         "ask", "--data-dir", str(data), "--json", "status of the chrome rollout", env=env
     )
     assert "pilot" in json.loads(after.stdout)["reply"]
+
+
+def test_chat_asks_before_it_changes_anything(
+    served: tuple[Path, dict[str, str], dict[str, str]],
+) -> None:
+    """``goodbot chat`` with its input piped: a question, a proposal answered n, then y."""
+    data, env, _ = served
+    said = "\n".join(
+        [
+            "status of the chrome rollout",
+            "pause google-chrome because users report crashes",
+            "n",
+            "pause google-chrome because users report crashes",
+            "y",
+            "/quit",
+        ]
+    )
+    chat = goodbot("chat", "--data-dir", str(data), env=env, stdin=said + "\n")
+    assert chat.returncode == 0, chat.stderr
+    out = chat.stdout
+    assert "canary" in out
+    assert out.count("Confirm? [y/N]") == 2
+    assert "denied" in out.lower()
+    assert "confirmed and done" in out
+    status = goodbot(
+        "ask", "--data-dir", str(data), "--json", "status of the chrome rollout", env=env
+    )
+    assert "Paused" in json.loads(status.stdout)["reply"]
