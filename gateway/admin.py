@@ -88,10 +88,12 @@ async def purge(settings: GatewaySettings, older_than: timedelta) -> int:
     store = await _open(settings)
     try:
         purged = await store.purge(older_than)
+        notifications = await store.notifications.purge_delivered(older_than)
     finally:
         await store.close()
     print(
         f"purged {purged.messages} messages, {purged.processed_events} delivery ids, "
-        f"{purged.confirmations} confirmations, {purged.conversations} conversations"
+        f"{purged.confirmations} confirmations, {purged.conversations} conversations, "
+        f"{notifications} delivered notifications"
     )
     return 0
