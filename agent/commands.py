@@ -9,7 +9,7 @@ confirmation id (``cf_…``: decide it, and run it once if confirmed) or a CAB a
 from __future__ import annotations
 
 import shlex
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
 from agent.turn import Emit, Turn, TurnResult, confirmation_event, run_calls
@@ -221,8 +221,3 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "/rollout": _rollout,
     "/cancel": _cancel,
 }
-
-
-def names() -> Sequence[str]:
-    """Every command name, for completion."""
-    return tuple(_HANDLERS)
