@@ -1,10 +1,12 @@
-"""First start without configuration: a policy file and CLI tokens for the demo (gateway).
+"""First start without configuration: a policy file, CLI and MCP tokens for the demo (gateway).
 
 Written once into the data directory and never overwritten, so an operator's edits stay. Each
 demo principal of the embedded control plane gets a gateway principal with roles that mirror
-its control-plane duties and a CLI token (stored only as its sha256 in the policy file, and in
-full in ``cli-tokens/<name>``, mode 0600). ``cli-token`` is the local user's: ana, the platform
-admin and CAB approver, so a first chat can ask, approve and promote.
+its control-plane duties, a CLI token and a separate MCP token (each stored only as its sha256
+in the policy file, and in full in ``cli-tokens/<name>`` and ``mcp-tokens/<name>``, mode
+0600), so the token an MCP client's configuration holds is not the one ``goodbot chat`` uses
+and each can be revoked alone. ``cli-token`` and ``mcp-token`` are the local user's: ana, the
+platform admin and CAB approver, so a first chat can ask, approve and promote.
 """
 
 from __future__ import annotations
@@ -53,24 +55,24 @@ def write_secret(path: Path, value: str) -> None:
 
 
 def demo_policy(data_dir: Path) -> Path:
-    """Write the demo policy and CLI tokens unless a policy file is already there."""
+    """Write the demo policy, CLI and MCP tokens unless a policy file is already there."""
     path = data_dir / "policy.yaml"
     if path.exists():
         return path
     principals: dict[str, Any] = {}
     for name, roles in PRINCIPALS.items():
-        token = "gbc_" + secrets.token_urlsafe(32)
-        write_secret(data_dir / "cli-tokens" / name, token)
-        if name == LOCAL_USER:
-            write_secret(data_dir / "cli-token", token)
-        principals[name] = {
-            "roles": roles,
-            "identities": [{"channel": "cli", "id": token_identity(token)}],
-        }
+        identities = []
+        for channel, prefix in (("cli", "gbc_"), ("mcp", "gbm_")):
+            token = prefix + secrets.token_urlsafe(32)
+            write_secret(data_dir / f"{channel}-tokens" / name, token)
+            if name == LOCAL_USER:
+                write_secret(data_dir / f"{channel}-token", token)
+            identities.append({"channel": channel, "id": token_identity(token)})
+        principals[name] = {"roles": roles, "identities": identities}
     document = {
         "version": 1,
         "defaults": {"max_message_bytes": 8192, "rate_limit_per_minute": 60},
-        "channels": {"cli": {}},
+        "channels": {"cli": {}, "mcp": {}},
         "roles": {name: {"grants": grants} for name, grants in ROLES.items()},
         "principals": principals,
     }

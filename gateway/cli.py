@@ -1,6 +1,7 @@
 """goodbot command line: the console script every subcommand starts from (gateway).
 
 ``serve`` runs the gateway (and, without configuration, the embedded demo control plane);
+``mcp`` serves its tools to MCP clients over stdio or streamable HTTP;
 ``ask``, ``chat``, ``confirm``, ``deny`` and ``notifications`` talk to a running gateway over
 HTTP; ``policy explain``, ``audit verify|export`` and ``sessions purge`` work on the local
 configuration and store; ``config check`` validates the configuration; ``controlplane`` runs
@@ -65,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         _client_args(decide)
     notes = sub.add_parser("notifications", help="show notifications waiting for you")
     _client_args(notes)
+
+    mcp = sub.add_parser("mcp", help="serve the tools to MCP clients (stdio or HTTP)")
+    _local_args(mcp)
+    transport = mcp.add_mutually_exclusive_group(required=True)
+    transport.add_argument("--stdio", action="store_true", help="serve the local user on stdio")
+    transport.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
+    mcp.add_argument("--as", dest="as_principal", help="stdio: use this demo person's MCP token")
+    mcp.add_argument("--host", default="127.0.0.1", help="HTTP: address (default 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=8090, help="HTTP: port (default 8090; 0 = any)")
 
     policy = sub.add_parser("policy", help="the policy file")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
@@ -178,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.serve import serve
 
             return asyncio.run(serve(settings))
+        if args.command == "mcp":
+            from gateway import mcp_serve
+
+            if args.stdio:
+                return asyncio.run(mcp_serve.serve_stdio(settings, args.as_principal))
+            return asyncio.run(mcp_serve.serve_http(settings, args.host, args.port))
         from gateway import admin
 
         if args.command == "policy":

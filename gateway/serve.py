@@ -4,7 +4,7 @@ With no ``controlplane.url`` the control plane runs in the same process with the
 on SQLite in ``DATA_DIR/controlplane``, and is reached over HTTP like any deployment (the
 gateway's own credential acting for each person). Prints ``control plane: URL`` and
 ``gateway: URL`` once both answer, and writes ``DATA_DIR/gateway.json`` so that ``goodbot
-ask``/``chat`` find the gateway.
+ask``/``chat`` find the gateway (and ``goodbot mcp`` the embedded control plane).
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ async def serve(settings: GatewaySettings) -> int:
             url = f"http://{settings.server.host}:{port}"
             async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as resp:
                 resp.raise_for_status()
-            write_secret(settings.data_dir / "gateway.json", json.dumps({"url": url}))
+            found = {"url": url, **({"controlplane": cp.url} if cp.embedded else {})}
+            # ``goodbot mcp`` on this data directory attaches to the same control plane.
+            write_secret(settings.data_dir / "gateway.json", json.dumps(found))
             print(f"gateway: {url}", flush=True)
             if cp.embedded:
                 print(

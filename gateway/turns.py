@@ -41,7 +41,8 @@ from policy.redact import redact
 from sessions.results import Confirmation
 from sessions.store import SessionStore
 from tools.controlplane import ControlPlaneClient
-from tools.registry import ToolContext
+from tools.executor import ToolCall, ToolOutcome
+from tools.registry import ToolContext, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,66 @@ class TurnService:
         if self.notifications is None:
             return []
         return list(await self.notifications.take(sender.principal, channel))
+
+    # Tools called directly (MCP): the same policy and executor, no route.
+
+    def offered_tools(self, channel: str, principal: str) -> list[ToolSpec]:
+        """The tools ``principal`` may use on ``channel`` under the policy in force."""
+        policy = self.policy.current
+        ref = policy.principal(principal)
+        return [] if ref is None else self._offered(policy, ref, channel)
+
+    async def call_tool(
+        self,
+        channel: str,
+        principal: str,
+        conversation_key: str,
+        name: str,
+        arguments: dict[str, Any],
+    ) -> ToolOutcome:
+        """Run one tool call for ``principal`` on ``channel``, as a route's call would run.
+
+        The executor checks the policy before and after and audits the call with the channel;
+        a mutating tool only proposes, as a pending confirmation in the conversation
+        ``conversation_key`` (opened if new), decided later through ``decide``.
+        """
+        policy = self.policy.current
+        call = ToolCall("call_" + uuid.uuid4().hex[:16], name, arguments)
+        ref = policy.principal(principal)
+        if ref is None or channel not in CHANNELS:
+            refused = Decision(False, "not a known principal on this channel", "default:unknown")
+        else:
+            refused = policy.channel_open(channel)
+            if refused.allowed:  # a call counts against the principal's message rate
+                per_minute = policy.rate_per_minute(ref.name)
+                refused = self.limiter.take(ref.name, per_minute, self.clock())
+        if ref is None or not refused.allowed:
+            await self._refuse(
+                principal, channel, refused.rule, refused.reason, {"tool": name[:100]}
+            )
+            text = f"Not allowed: {refused.reason} ({refused.rule})."
+            return ToolOutcome(call.id, name, {}, "denied", text, rule=refused.rule)
+        chan = cast(Channel, channel)
+        conversation = await self.store.open_conversation(chan, conversation_key, ref.name)
+        ctx = self.context_for(ref.name, chan, conversation)
+        assert ctx is not None
+        outcome = await self.loop.executor.call(ctx, call)
+        self.metrics.tool_seconds.labels(outcome.name, outcome.status).observe(outcome.seconds)
+        self.metrics.decisions.labels("denied" if outcome.status == "denied" else "allowed").inc()
+        if outcome.confirmation is not None:
+            self.metrics.confirmations.labels(outcome.confirmation.state).inc()
+        return outcome
+
+    def context_for(
+        self, principal: str, channel: Channel, conversation_id: str
+    ) -> ToolContext | None:
+        """A ``ToolContext`` for ``principal`` on ``channel`` in a conversation, or None when
+        the principal is not in the policy; the executor audits its calls at once."""
+        policy = self.policy.current
+        ref = policy.principal(principal)
+        if ref is None:
+            return None
+        return self._context(policy, ref, channel, conversation_id, uuid.uuid4().hex)
 
     # Recovery after a crash.
 

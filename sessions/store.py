@@ -163,6 +163,19 @@ class SessionStore:
             async with self.db.reading() as conn:
                 return await messages.first_admission(conn, channel, event_id)
 
+    async def open_conversation(
+        self, channel: str, conversation_key: str, principal_id: str, *, now: datetime | None = None
+    ) -> str:
+        """The id of the channel's conversation ``conversation_key``, opened if new.
+
+        For channels that call tools without a stored message (MCP): a confirmation needs the
+        conversation it was proposed in.
+        """
+        async with self.db.writing() as conn:
+            return await messages.conversation(
+                conn, channel, conversation_key, principal_id, _now(now)
+            )
+
     async def mark_message(
         self,
         message_id: int,
