@@ -490,8 +490,3 @@ class TurnService:
             ).inc()
         if result.confirmation is not None:
             self.metrics.confirmations.labels(result.confirmation.state).inc()
-
-
-def decision_json(decision: Decision) -> dict[str, Any]:
-    """A policy decision as JSON (``policy explain``, the audit)."""
-    return {"allowed": decision.allowed, "reason": decision.reason, "rule": decision.rule}
