@@ -21,7 +21,7 @@ from mcp_types import CallToolResult
 
 from gateway.mcp_serve import mcp_http
 from tests.demo import DemoControlPlane
-from tests.e2e.harness import GatewayUnderTest, prepare
+from tests.e2e.harness import GatewayUnderTest, prepare, running_gateway
 from tests.e2e.test_cli_confirmations import cp_rollout
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -185,3 +185,41 @@ async def test_stdio_serves_the_local_user(demo_cp: DemoControlPlane, tmp_path: 
     assert not result.is_error, result
     assert structured(result)["status"] == "ok"
     assert "google-chrome" in json.dumps(structured(result)["data"])
+
+
+async def test_stdio_proposes_and_the_change_runs_once_confirmed_elsewhere(
+    demo_cp: DemoControlPlane, tmp_path: Path
+) -> None:
+    """The local user (ana) over stdio: a change is only proposed; confirming it through the
+    CLI channel of a gateway on the same data directory runs it, once."""
+    data_dir = tmp_path / "gw"
+    policy = prepare(data_dir)
+    env = {
+        **os.environ,
+        "GOODBOT_CONTROLPLANE__URL": demo_cp.url,
+        "GOODBOT_CONTROLPLANE__TOKEN": demo_cp.gateway_token,
+        "GOODBOT_POLICY_FILE": str(policy),
+    }
+    server = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "gateway.cli", "mcp", "--stdio", "--data-dir", str(data_dir)],
+        env=env,
+        cwd=REPO,
+    )
+    async with Client(server) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "promote_rollout" in names  # ana: an operator
+        result = await client.call_tool("promote_rollout", {"app": "google-chrome"})
+    proposed = structured(result)
+    assert proposed["status"] == "confirmation_required", proposed
+    confirmation_id = proposed["confirmation"]["id"]
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 1
+    async with running_gateway(data_dir, demo_cp.url, demo_cp.gateway_token) as gw:
+        status, body = await gw.decide("ana", confirmation_id)
+        assert status == 200 and body["result"]["status"] == "ok", body
+        again, _ = await gw.decide("ana", confirmation_id)
+        assert again == 409
+        records = await audit(gw)
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 2
+    created = [r for r in records if r["type"] == "confirmation.created"]
+    assert [r["channel"] for r in created] == ["mcp"]
