@@ -160,6 +160,8 @@ class GraphClient:
         timeout: float = 20.0,
         retries: int = 3,
         retry_default: float = 1.0,
+        domain: str | None = None,
+        allowed_domains: Iterable[str] = (),
     ) -> None:
         """Configure the client; the HTTP session opens on ``__aenter__``.
 
@@ -173,6 +175,8 @@ class GraphClient:
             timeout: Seconds a whole call may take, retries included.
             retries: Extra attempts after a 429 or 503.
             retry_default: Seconds to wait when a 429 or 503 has no ``Retry-After``.
+            domain: The mail domain a bare name (``ana``) is completed with.
+            allowed_domains: Domains the calendar tools may invite; empty allows any.
         """
         self.tenant_id = tenant_id
         self.client_id = client_id
@@ -182,6 +186,8 @@ class GraphClient:
         self.timeout = timeout
         self.retries = retries
         self.retry_default = retry_default
+        self.domain = domain.lower() if domain else None
+        self.allowed_domains = frozenset(d.lower() for d in allowed_domains)
         self._secret = (
             client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
         )
@@ -369,6 +375,30 @@ class GraphClient:
         return await self._call(
             "POST", organizer, f"/users/{_mailbox(organizer)}/events", json=body, headers=headers
         )
+
+    async def calendar_view(
+        self, user: str, start: datetime, end: datetime, *, timezone: str = "UTC"
+    ) -> list[Json]:
+        """The user's events (occurrences expanded) between ``start`` and ``end``, first page.
+
+        Args:
+            user: The mailbox to read.
+            start: Start of the window (timezone-aware).
+            end: End of the window (timezone-aware).
+            timezone: Zone of the returned times.
+        """
+        if start.tzinfo is None or end.tzinfo is None:
+            raise GraphInvalidError("start and end must be timezone-aware", code="naive_datetime")
+        query = (
+            f"startDateTime={quote(start.isoformat())}&endDateTime={quote(end.isoformat())}"
+            "&$top=100&$orderby=start/dateTime"
+            "&$select=subject,start,end,organizer,attendees,isOnlineMeeting,onlineMeeting,webLink"
+        )
+        headers = {"Prefer": f'outlook.timezone="{timezone}"'}
+        doc = await self._call(
+            "GET", user, f"/users/{_mailbox(user)}/calendarView?{query}", headers=headers
+        )
+        return list(doc.get("value", []))
 
 
 def _graph_time(moment: datetime, timezone: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tools.controlplane import ControlPlaneClient
+from tools.graph import GraphClient
 
 Json = dict[str, Any]
 _ARG_LINE: Final = re.compile(r"^\s{4,}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
@@ -80,6 +81,8 @@ class ToolContext:
     audit_log: list[tuple[str, dict[str, Any]]] | None = None
     """When set, the executor adds its ``tool.*`` audit records here, and the turn commits them
     with its reply in one transaction; otherwise each record is appended at once."""
+    graph: GraphClient | None = None
+    """The Microsoft Graph client for the calendar tools; None when Graph is not configured."""
 
 
 @dataclass(frozen=True, slots=True)

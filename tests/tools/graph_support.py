@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -225,6 +226,24 @@ class FakeGraph:
         self.events[str(tid)] = event
         return web.json_response(event, status=201)
 
+    async def calendar_view(self, request: web.Request) -> web.Response:
+        start = datetime.fromisoformat(request.query["startDateTime"])
+        end = datetime.fromisoformat(request.query["endDateTime"])
+        user = request.match_info["user"].lower()
+        value = []
+        for event in self.events.values():
+            s = datetime.fromisoformat(event["start"]["dateTime"]).replace(
+                tzinfo=ZoneInfo(event["start"]["timeZone"])
+            )
+            e = datetime.fromisoformat(event["end"]["dateTime"]).replace(
+                tzinfo=ZoneInfo(event["end"]["timeZone"])
+            )
+            invited = {a["emailAddress"]["address"] for a in event.get("attendees", [])}
+            mine = event["organizer"]["emailAddress"]["address"].lower() == user
+            if (mine or user in invited) and s < end and start < e:
+                value.append(event)
+        return web.json_response({"value": value})
+
 
 def _hours(zone: str, start: str = "09:00:00.0000000", end: str = "17:00:00.0000000") -> Any:
     return {
@@ -259,6 +278,7 @@ async def fake_graph(directory: Path) -> AsyncIterator[FakeGraph]:
     app.router.add_post("/v1.0/users/{user}/calendar/getSchedule", fake.get_schedule)
     app.router.add_get("/v1.0/users/{user}/mailboxSettings", fake.mailbox_settings)
     app.router.add_post("/v1.0/users/{user}/events", fake.create_event)
+    app.router.add_get("/v1.0/users/{user}/calendarView", fake.calendar_view)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     runner = web.AppRunner(app)

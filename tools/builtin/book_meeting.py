@@ -1,0 +1,131 @@
+"""Tool ``book_meeting``: put a meeting in the calendars, once confirmed (agent → tools → Graph)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from tools.builtin.meetings import (
+    graph_failures,
+    graph_of,
+    home_zone,
+    mailbox,
+    mailboxes,
+    parse_moment,
+    when,
+)
+from tools.registry import Json, Proposal, ToolContext, ToolInputError, ToolResult, tool
+from tools.slots import availability_from_graph
+
+_TRANSACTIONS: Final = uuid.UUID("5f0c6a53-3f43-4d59-9d0c-7f8f4b1e9a21")
+"""Namespace of the ``transactionId`` derived from a confirmation's idempotency key."""
+
+
+@tool(
+    "calendar.book",
+    mutating=True,
+    idempotent=True,
+    examples=("Book a CAB review with ana and li on tuesday at 15:00",),
+)
+async def book_meeting(
+    ctx: ToolContext,
+    attendees: list[str],
+    subject: str,
+    start: str,
+    duration_minutes: int = 30,
+    online: bool = True,
+) -> Proposal:
+    """Book a meeting you organize with the attendees, once you confirm.
+
+    Args:
+        attendees: People by mailbox address or bare name (``li``); each must be in an allowed
+            domain.
+        subject: The meeting's subject.
+        start: Start as ``2026-06-16T15:00``, in your time zone unless it carries an offset.
+        duration_minutes: Meeting length in minutes (15-480).
+        online: Add a Teams meeting link.
+    """
+    if not 15 <= duration_minutes <= 480:
+        raise ToolInputError("a meeting lasts between 15 and 480 minutes")
+    title = " ".join(subject.split())
+    if not 1 <= len(title) <= 255:
+        raise ToolInputError("the subject must be 1 to 255 characters")
+    graph = graph_of(ctx)
+    organizer = mailbox(graph, ctx.principal)
+    people = [a for a in mailboxes(graph, attendees) if a != organizer]
+    if not people:
+        raise ToolInputError("name at least one attendee besides you")
+    tz = await home_zone(graph, organizer)
+    begin = parse_moment(start, tz)
+    if begin <= datetime.now(UTC):
+        raise ToolInputError(f"{start} is in the past")
+    end = begin + timedelta(minutes=duration_minutes)
+    async with graph_failures():
+        items = await graph.get_schedule(organizer, [organizer, *people], begin, end)
+        busy = [
+            a.address
+            for a in (availability_from_graph(item, "UTC") for item in items)
+            if any(b0 < end and begin < b1 for b0, b1 in a.busy)
+        ]
+    local_begin, local_end = begin.astimezone(tz), end.astimezone(tz)
+    note = f" (busy then: {', '.join(busy)})" if busy else ""
+    return Proposal(
+        arguments={
+            "organizer": organizer,
+            "attendees": people,
+            "subject": title,
+            "start": local_begin.isoformat(),
+            "end": local_end.isoformat(),
+            "time_zone": str(tz),
+            "online": online,
+            "busy": busy,
+        },
+        summary=(
+            f"Book {title!r} {when(local_begin, local_end)} with {', '.join(people)}"
+            f"{', online' if online else ''}{note}"
+        ),
+    )
+
+
+@book_meeting.executor
+async def _book(ctx: ToolContext, arguments: Json) -> ToolResult:
+    graph = graph_of(ctx)
+    if graph.allowed_domains:
+        mailboxes(graph, arguments["attendees"])  # the domains may have narrowed since
+    key = ctx.idempotency_key or uuid.uuid4().hex
+    transaction_id = str(uuid.uuid5(_TRANSACTIONS, key))
+    zone_name = arguments["time_zone"]
+    start = datetime.fromisoformat(arguments["start"])
+    end = datetime.fromisoformat(arguments["end"])
+    event: Json = {
+        "subject": arguments["subject"],
+        "start": {"dateTime": start.replace(tzinfo=None).isoformat(), "timeZone": zone_name},
+        "end": {"dateTime": end.replace(tzinfo=None).isoformat(), "timeZone": zone_name},
+        "attendees": [
+            {"emailAddress": {"address": a}, "type": "required"} for a in arguments["attendees"]
+        ],
+        "isOnlineMeeting": bool(arguments["online"]),
+        "allowNewTimeProposals": True,
+    }
+    if arguments["online"]:
+        event["onlineMeetingProvider"] = "teamsForBusiness"
+    async with graph_failures():
+        doc = await graph.create_event(
+            arguments["organizer"], event, transaction_id, timezone=zone_name
+        )
+    join = (doc.get("onlineMeeting") or {}).get("joinUrl")
+    people = ", ".join(arguments["attendees"])
+    text = f"Booked {arguments['subject']!r} {when(start, end)} with {people}."
+    if join:
+        text += f" Join: {join}"
+    return ToolResult(
+        data={
+            "event_id": doc.get("id"),
+            "transaction_id": transaction_id,
+            "web_link": doc.get("webLink"),
+            "join_url": join,
+            **arguments,
+        },
+        text=text,
+    )
