@@ -42,6 +42,7 @@ from sessions.results import Confirmation
 from sessions.store import SessionStore
 from tools.controlplane import ControlPlaneClient
 from tools.executor import ToolCall, ToolOutcome
+from tools.graph import GraphClient
 from tools.registry import ToolContext, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class TurnService:
         metrics: Metrics,
         notifications: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        graph: GraphClient | None = None,
     ) -> None:
         """Args:
         policy: The policy file in force (reloaded by the app's watcher).
@@ -75,7 +77,9 @@ class TurnService:
         metrics: Where counters go.
         notifications: The notification outbox (``gateway.notifications``), if any.
         clock: Monotonic seconds, for the rate limiter (tests pass a fake).
+        graph: The Microsoft Graph client the calendar tools use, when configured.
         """
+        self.graph = graph
         self.policy = policy
         self.store = store
         self.loop = loop
@@ -469,6 +473,7 @@ class TurnService:
             cp=self.cp,
             guard=PolicyGuard(policy, ref, channel),
             audit_log=audit_log,
+            graph=self.graph,
         )
 
     def _offered(self, policy: Policy, ref: PrincipalRef, channel: str) -> list[Any]:
