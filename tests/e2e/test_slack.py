@@ -1,0 +1,278 @@
+"""Slack end to end: signed deliveries in, Web API calls out to a loopback Slack, a real gateway
+and demo control plane in between."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from slack_sdk.signature import SignatureVerifier
+
+from gateway.bootstrap import demo_policy
+from gateway.settings import SlackSettings
+from tests.demo import DemoControlPlane
+from tests.e2e.harness import GatewayUnderTest, running_gateway
+from tests.e2e.test_cli_confirmations import cp_rollout
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+TEAM = "T0001"
+ANA, SAM = "UANA0001", "USAM0001"
+
+
+@dataclass
+class FakeSlack:
+    """Slack's Web API on loopback: records every call and answers like Slack."""
+
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    url: str = ""
+
+    def of(self, method: str) -> list[dict[str, Any]]:
+        return [body for name, body in self.calls if name == method]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        raw = await request.text()
+        if request.content_type == "application/json":
+            body = json.loads(raw or "{}")
+        else:
+            body = dict(urllib.parse.parse_qsl(raw))
+        assert request.headers.get("Authorization") == "Bearer xoxb-test"
+        self.calls.append((method, body))
+        if method == "auth.test":
+            return web.json_response(
+                {"ok": True, "user_id": "UBOT0001", "bot_id": "BBOT0001", "team_id": TEAM}
+            )
+        ts = f"{1700000000 + len(self.calls)}.000100"
+        return web.json_response({"ok": True, "channel": body.get("channel"), "ts": ts})
+
+
+@pytest.fixture
+async def slack_api() -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack()
+    app = web.Application()
+    app.router.add_post("/api/{method}", fake.handle)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    fake.url = str(server.make_url("/api/"))
+    try:
+        yield fake
+    finally:
+        await server.close()
+
+
+def slack_policy(data_dir: Path) -> None:
+    """The demo policy with Slack open and Slack identities for ana and sam."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = demo_policy(data_dir)
+    document = yaml.safe_load(path.read_text())
+    document["channels"]["slack"] = {}
+    for name, user in (("ana", ANA), ("sam", SAM)):
+        document["principals"][name]["identities"].append(
+            {"channel": "slack", "id": f"{TEAM}:{user}"}
+        )
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+@pytest.fixture
+async def gw(
+    demo_cp: DemoControlPlane, tmp_path: Path, slack_api: FakeSlack
+) -> AsyncIterator[GatewayUnderTest]:
+    data = tmp_path / "gw"
+    slack_policy(data)
+    slack = SlackSettings.model_validate(
+        {"signing_secret": SECRET, "bot_token": "xoxb-test", "api_base_url": slack_api.url}
+    )
+    async with running_gateway(data, demo_cp.url, demo_cp.gateway_token, slack=slack) as handle:
+        yield handle
+
+
+async def deliver(
+    gw: GatewayUnderTest,
+    body: str,
+    *,
+    form: bool = False,
+    secret: str = SECRET,
+    age: int = 0,
+    tamper: Callable[[str], str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> int:
+    """POST a delivery to ``/slack/events`` signed with Slack's v0 algorithm."""
+    ts = str(int(time.time()) - age)
+    signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    assert signature is not None
+    signed = {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+        **(headers or {}),
+    }
+    sent = tamper(body) if tamper else body
+    async with gw.http.post(f"{gw.url}/slack/events", data=sent, headers=signed) as response:
+        await response.read()
+        return response.status
+
+
+def event(text: str, *, user: str = ANA, event_id: str = "Ev0001", kind: str = "dm") -> str:
+    inner: dict[str, Any] = {"user": user, "text": text, "ts": "1700000001.000200", "team": TEAM}
+    if kind == "dm":
+        inner |= {"type": "message", "channel_type": "im", "channel": "D0000ANA"}
+    else:
+        inner |= {"type": "app_mention", "channel": "C0000OPS"}
+    return json.dumps(
+        {
+            "token": "legacy",
+            "team_id": TEAM,
+            "api_app_id": "A0001",
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": int(time.time()),
+            "event": inner,
+        }
+    )
+
+
+def click(message: dict[str, Any], user: str, action_id: str = "goodbot_confirm") -> str:
+    (button,) = [
+        e
+        for b in message["blocks"]
+        if b.get("block_id") == "goodbot_actions"
+        for e in b["elements"]
+        if e["action_id"] == action_id
+    ]
+    payload = {
+        "type": "block_actions",
+        "team": {"id": TEAM},
+        "user": {"id": user, "team_id": TEAM},
+        "api_app_id": "A0001",
+        "token": "legacy",
+        "trigger_id": "1.2.3",
+        "channel": {"id": message["channel"]},
+        "container": {
+            "type": "message",
+            "message_ts": message["ts"],
+            "channel_id": message["channel"],
+        },
+        "message": {"ts": message["ts"], "blocks": message["blocks"]},
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "goodbot_actions",
+                "value": button["value"],
+            }
+        ],
+    }
+    return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+
+async def until(predicate: Callable[[], Any], seconds: float = 15.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out waiting for Slack calls")
+
+
+async def messages(gw: GatewayUnderTest) -> int:
+    async with gw.gateway.store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        return int((await conn.execute(text("SELECT count(*) FROM messages"))).scalar_one())
+
+
+async def test_a_direct_message_is_answered_with_the_approvals(
+    gw: GatewayUnderTest, slack_api: FakeSlack
+) -> None:
+    assert await deliver(gw, event("what is pending my approval?")) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    assert posted["channel"] == "D0000ANA"
+    assert "zoom" in posted["text"] and "crowdstrike-falcon" in posted["text"]
+
+
+async def test_a_mention_is_answered_in_its_thread(
+    gw: GatewayUnderTest, slack_api: FakeSlack
+) -> None:
+    text = "<@UBOT0001> what is pending my approval?"
+    assert await deliver(gw, event(text, kind="mention")) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    assert posted["channel"] == "C0000OPS"
+    assert posted["thread_ts"] == "1700000001.000200"
+    assert "zoom" in posted["text"]
+
+
+async def test_a_confirmation_is_decided_only_by_its_principal_and_runs_once(
+    gw: GatewayUnderTest, slack_api: FakeSlack, demo_cp: DemoControlPlane
+) -> None:
+    assert await deliver(gw, event("promote google-chrome to pilot")) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    assert any(b.get("block_id") == "goodbot_actions" for b in posted["blocks"])
+    arguments = next(b for b in posted["blocks"] if b.get("block_id") == "goodbot_arguments")
+    assert '"to_ring": 2' in arguments["text"]["text"]
+    message = {"channel": "D0000ANA", "ts": "1700000002.000100", "blocks": posted["blocks"]}
+
+    assert await deliver(gw, click(message, SAM), form=True) == 200
+    (refused,) = await until(lambda: slack_api.of("chat.postEphemeral"))
+    assert refused["user"] == SAM and f"Only <@{ANA}>" in refused["text"]
+    assert slack_api.of("chat.update") == []
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 1
+
+    assert await deliver(gw, click(message, ANA), form=True) == 200
+    (updated,) = await until(lambda: slack_api.of("chat.update"))
+    assert updated["ts"] == message["ts"] and "Confirmed by" in updated["text"]
+    assert not any(b.get("block_id") == "goodbot_actions" for b in updated["blocks"])
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 2
+
+    assert await deliver(gw, click(message, ANA), form=True) == 200
+    again = await until(lambda: slack_api.of("chat.postEphemeral")[1:])
+    assert again[0]["user"] == ANA and "Nothing changed" in again[0]["text"]
+    assert len(slack_api.of("chat.update")) == 1
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 2
+    executions = [
+        line async for line in gw.gateway.store.export_audit() if '"confirmation.executed"' in line
+    ]
+    assert len(executions) == 1
+
+
+async def test_a_retried_delivery_is_processed_once(
+    gw: GatewayUnderTest, slack_api: FakeSlack
+) -> None:
+    body = event("what is pending my approval?", event_id="EvRetry")
+    assert await deliver(gw, body) == 200
+    await until(lambda: slack_api.of("chat.postMessage"))
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    assert await deliver(gw, body, headers=retry) == 200
+    await asyncio.sleep(0.5)
+    assert len(slack_api.of("chat.postMessage")) == 1
+    assert await messages(gw) == 2  # the message and its reply, once
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"secret": "not-the-signing-secret"},
+        {"age": 6 * 60},
+        {"tamper": lambda b: b.replace("pending my approval", "pending my approvals")},
+    ],
+    ids=["forged", "stale", "tampered"],
+)
+async def test_unverified_requests_are_refused_with_nothing_stored(
+    gw: GatewayUnderTest, slack_api: FakeSlack, forgery: dict[str, Any]
+) -> None:
+    assert await deliver(gw, event("what is pending my approval?"), **forgery) == 401
+    await asyncio.sleep(0.3)
+    assert slack_api.calls == []
+    assert await messages(gw) == 0
+    audit = [line async for line in gw.gateway.store.export_audit() if "Ev0001" in line]
+    assert audit == []
