@@ -33,6 +33,7 @@ from sessions.db import sqlite_url
 from sessions.store import SessionStore
 from tools.controlplane import ControlPlaneClient
 from tools.executor import ToolExecutor
+from tools.graph import GraphClient
 from tools.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,13 @@ async def build_gateway(
     metrics = Metrics()
     cp = ControlPlaneClient(cp_url, cp_token, timeout=settings.controlplane.timeout_seconds)
     await cp.__aenter__()
+    graph = await open_graph(settings)
+    if graph is not None and registry is None:
+        from tools.builtin import graph_tools
+
+        registry = default_registry()
+        for spec in graph_tools():
+            registry.add(spec)
     route = route or make_route(settings)
     executor = ToolExecutor(
         registry or default_registry(),
@@ -120,11 +128,37 @@ async def build_gateway(
 
     notifications = Notifications(store, cp, policy, metrics)
     turns = TurnService(
-        policy=policy, store=store, loop=loop, cp=cp, metrics=metrics, notifications=notifications
+        policy=policy,
+        store=store,
+        loop=loop,
+        cp=cp,
+        metrics=metrics,
+        notifications=notifications,
+        graph=graph,
     )
     return Gateway(
         settings, store, policy, cp, cp_url, route, executor, loop, turns, metrics, notifications
     )
+
+
+async def open_graph(settings: GatewaySettings) -> GraphClient | None:
+    """The Microsoft Graph client for the calendar tools, or None when Graph is not configured."""
+    conf = settings.graph
+    if not conf.enabled:
+        return None
+    assert conf.tenant_id is not None and conf.client_id is not None
+    graph = GraphClient(
+        conf.tenant_id,
+        conf.client_id,
+        conf.secret() or "",
+        authority_host=conf.authority_host,
+        base_url=conf.base_url,
+        ca_file=str(conf.ca_file) if conf.ca_file is not None else None,
+        timeout=conf.timeout_seconds,
+        domain=conf.domain,
+        allowed_domains=conf.allowed_domains,
+    )
+    return await graph.__aenter__()
 
 
 async def close_gateway(gateway: Gateway) -> None:
@@ -136,6 +170,8 @@ async def close_gateway(gateway: Gateway) -> None:
             await task
     await gateway.route.close()
     await gateway.cp.close()
+    if gateway.turns.graph is not None:
+        await gateway.turns.graph.close()
     await gateway.store.close()
 
 

@@ -24,6 +24,7 @@ SECRET_KEYS: Final = (
     ("model", "api_key"),
     ("slack", "signing_secret"),
     ("slack", "bot_token"),
+    ("graph", "client_secret"),
 )
 """Settings that hold secrets: refused in the YAML file, read from the environment or a file."""
 
@@ -106,6 +107,48 @@ class SlackSettings(Section):
         return has_secret and (self.bot_token is not None or self.bot_token_file is not None)
 
 
+class GraphSettings(Section):
+    """Microsoft Graph for the calendar tools; on when ``tenant_id`` and ``client_id`` are set."""
+
+    tenant_id: str | None = None
+    """The Entra tenant (id or primary domain) the app registration lives in."""
+    client_id: str | None = None
+    """The app registration's application (client) id."""
+    client_secret: SecretStr | None = None
+    """Its client secret (environment: ``GOODBOT_GRAPH__CLIENT_SECRET``)."""
+    client_secret_file: Path | None = None
+    """A file holding the client secret."""
+    authority_host: str = Field(
+        default="https://login.microsoftonline.com", pattern=r"^https://[^\s/]+(/.*)?$"
+    )
+    """Entra's root (msal requires https); a sovereign cloud's, or a loopback IdP in tests."""
+    base_url: str = Field(
+        default="https://graph.microsoft.com/v1.0", pattern=r"^https?://[^\s/]+(/.*)?$"
+    )
+    """Graph's root, with its version."""
+    ca_file: Path | None = None
+    """A CA bundle trusted for Entra and Graph instead of the system's (tests, local)."""
+    domain: str | None = None
+    """Mail domain completing bare names (``li`` → ``li@<domain>``), the organizer's included."""
+    allowed_domains: list[str] = []
+    """Domains a booking may invite; empty allows any."""
+    timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    """Longest one Graph call may take, retries included."""
+
+    @property
+    def enabled(self) -> bool:
+        """Graph is configured: the calendar tools are offered."""
+        return bool(self.tenant_id and self.client_id)
+
+    def secret(self) -> str | None:
+        """The client secret, from the environment or its file (read when asked)."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return None
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -122,6 +165,7 @@ class GatewaySettings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
     notifications: NotificationSettings = NotificationSettings()
+    graph: GraphSettings = GraphSettings()
     slack: SlackSettings = SlackSettings()
     confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)
     """How long a proposed change waits for its confirmation (default ten minutes)."""
@@ -215,6 +259,13 @@ def load(path: Path | None) -> GatewaySettings:
         secret_file = getattr(settings.slack, file_key)
         if secret_file is not None and not Path(secret_file).is_file():
             raise ConfigError(f"slack.{file_key}", f"no such file: {secret_file}")
+    graph_file = settings.graph.client_secret_file
+    if graph_file is not None and not Path(graph_file).is_file():
+        raise ConfigError("graph.client_secret_file", f"no such file: {graph_file}")
+    if settings.graph.enabled and settings.graph.secret() is None:
+        raise ConfigError(
+            "graph.client_secret", "set GOODBOT_GRAPH__CLIENT_SECRET or graph.client_secret_file"
+        )
     return settings
 
 
@@ -234,5 +285,10 @@ def describe(settings: GatewaySettings) -> list[str]:
         lines.append(f"model key: {'set' if settings.secret('model') else 'not set'}")
     lines.append(
         f"slack: {'enabled' if settings.slack.enabled else 'off (no signing secret and bot token)'}"
+    )
+    lines.append(
+        f"graph: {settings.graph.tenant_id} ({settings.graph.base_url})"
+        if settings.graph.enabled
+        else "graph: off (no tenant_id and client_id; no calendar tools)"
     )
     return lines
