@@ -158,3 +158,18 @@ def test_days_are_read_like_people_say_them() -> None:
     assert parse_day("tomorrow", monday) == date(2026, 6, 16)
     assert parse_day(None, monday) == monday
     assert parse_day("2026-07-01", monday) == date(2026, 7, 1)
+
+
+async def test_a_booking_by_day_takes_the_best_common_slot(
+    store: SessionStore, ctx: ToolContext, graph: FakeGraph
+) -> None:
+    tuesday = next_weekday(1)
+    arguments = {"attendees": ["ana", "li"], "subject": "CAB review", "day": tuesday.isoformat()}
+    (proposed,) = await executor(store).run(ctx, [ToolCall("1", "book_meeting", arguments)])
+    assert proposed.status == "confirmation_required", proposed.text
+    assert proposed.confirmation is not None
+    start = datetime.fromisoformat(proposed.confirmation.arguments["start"])
+    # Berlin and New York overlap 15:00-17:00 Berlin, all of it at the edge of someone's day
+    # (li's first hour or ana's last), so the earliest slot wins.
+    assert start == datetime.combine(tuesday, datetime.min.time(), BERLIN).replace(hour=15)
+    assert proposed.confirmation.arguments["subject"] == "CAB review"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
+from zoneinfo import ZoneInfo
 
 from tools.builtin.meetings import (
     graph_failures,
@@ -12,11 +13,13 @@ from tools.builtin.meetings import (
     home_zone,
     mailbox,
     mailboxes,
+    parse_day,
     parse_moment,
     when,
 )
+from tools.graph import GraphClient
 from tools.registry import Json, Proposal, ToolContext, ToolInputError, ToolResult, tool
-from tools.slots import availability_from_graph
+from tools.slots import availability_from_graph, free_slots
 
 _TRANSACTIONS: Final = uuid.UUID("5f0c6a53-3f43-4d59-9d0c-7f8f4b1e9a21")
 """Namespace of the ``transactionId`` derived from a confirmation's idempotency key."""
@@ -32,17 +35,22 @@ async def book_meeting(
     ctx: ToolContext,
     attendees: list[str],
     subject: str,
-    start: str,
+    start: str | None = None,
+    day: str | None = None,
     duration_minutes: int = 30,
     online: bool = True,
 ) -> Proposal:
     """Book a meeting you organize with the attendees, once you confirm.
+
+    Give ``start`` for an exact time, or ``day`` to take the best slot that day when everyone
+    is free and at work; the confirmation shows the exact time either way.
 
     Args:
         attendees: People by mailbox address or bare name (``li``); each must be in an allowed
             domain.
         subject: The meeting's subject.
         start: Start as ``2026-06-16T15:00``, in your time zone unless it carries an offset.
+        day: Without ``start``: today, tomorrow, a weekday (``next tuesday``) or ``2026-06-16``.
         duration_minutes: Meeting length in minutes (15-480).
         online: Add a Teams meeting link.
     """
@@ -57,10 +65,14 @@ async def book_meeting(
     if not people:
         raise ToolInputError("name at least one attendee besides you")
     tz = await home_zone(graph, organizer)
-    begin = parse_moment(start, tz)
+    length = timedelta(minutes=duration_minutes)
+    if start is None:
+        begin = await _best_slot(graph, organizer, [organizer, *people], day, length, tz)
+    else:
+        begin = parse_moment(start, tz)
     if begin <= datetime.now(UTC):
         raise ToolInputError(f"{start} is in the past")
-    end = begin + timedelta(minutes=duration_minutes)
+    end = begin + length
     async with graph_failures():
         items = await graph.get_schedule(organizer, [organizer, *people], begin, end)
         busy = [
@@ -86,6 +98,30 @@ async def book_meeting(
             f"{', online' if online else ''}{note}"
         ),
     )
+
+
+async def _best_slot(
+    graph: GraphClient,
+    organizer: str,
+    people: list[str],
+    day: str | None,
+    length: timedelta,
+    tz: ZoneInfo,
+) -> datetime:
+    now = datetime.now(tz)
+    first = parse_day(day, now.date())
+    start = datetime.combine(first, datetime.min.time(), tz)
+    end = start + timedelta(days=1)
+    async with graph_failures():
+        items = await graph.get_schedule(organizer, people, start, end, timezone=str(tz))
+        found = [availability_from_graph(item, str(tz)) for item in items]
+        slots = free_slots(found, start, end, length, tz, limit=1, not_before=now)
+    if not slots:
+        raise ToolInputError(
+            f"no {int(length.total_seconds() // 60)}-minute slot suits {', '.join(people)} "
+            f"on {first:%a %d %b %Y}; ask propose_slots for other days"
+        )
+    return slots[0].start
 
 
 @book_meeting.executor
