@@ -276,3 +276,47 @@ async def test_unverified_requests_are_refused_with_nothing_stored(
     assert await messages(gw) == 0
     audit = [line async for line in gw.gateway.store.export_audit() if "Ev0001" in line]
     assert audit == []
+
+
+async def test_deny_updates_the_message_and_changes_nothing(
+    gw: GatewayUnderTest, slack_api: FakeSlack, demo_cp: DemoControlPlane
+) -> None:
+    assert await deliver(gw, event("promote google-chrome to pilot")) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    message = {"channel": "D0000ANA", "ts": "1700000002.000100", "blocks": posted["blocks"]}
+    assert await deliver(gw, click(message, ANA, "goodbot_deny"), form=True) == 200
+    (updated,) = await until(lambda: slack_api.of("chat.update"))
+    assert "Denied by" in updated["text"]
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 1
+
+
+async def test_an_unknown_sender_is_told_and_nothing_runs(
+    gw: GatewayUnderTest, slack_api: FakeSlack
+) -> None:
+    assert await deliver(gw, event("what is pending my approval?", user="USTRANGER")) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    assert "not a known principal" in posted["text"]
+    assert await messages(gw) == 0
+
+
+async def test_url_verification_is_answered(gw: GatewayUnderTest) -> None:
+    body = json.dumps({"type": "url_verification", "token": "legacy", "challenge": "c-123"})
+    ts = str(int(time.time()))
+    signature = SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=body)
+    assert signature is not None
+    headers = {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/json",
+    }
+    async with gw.http.post(f"{gw.url}/slack/events", data=body, headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["challenge"] == "c-123"
+
+
+async def test_slack_is_not_served_without_its_secrets(
+    demo_cp: DemoControlPlane, tmp_path: Path
+) -> None:
+    async with running_gateway(tmp_path / "gw", demo_cp.url, demo_cp.gateway_token) as plain:
+        status, _ = await plain.get("/slack/events")
+        assert status == 404
