@@ -251,23 +251,28 @@ class SlackChannel:
         )
         await self._admit(message, target, retry=retry)
 
-    async def _admit(self, message: InboundMessage, target: Target, *, retry: str | None) -> None:
+    async def _admit(
+        self, message: InboundMessage, target: Target, *, retry: str | None, tell: bool = True
+    ) -> RefusedError | None:
+        """Admit and start the turn; a refusal is returned (and told in Slack if ``tell``)."""
         if not message.text.strip():
-            return
+            return None
         try:
             admission = await self.turns.admit(message)
         except RefusedError as exc:
             # Slack must still hear 200, or it retries a refusal three more times.
             log.info("refused a Slack message", extra={"code": exc.code, "retry": retry})
-            self._spawn(self._post(target, f"Sorry, I can't take that: {exc.message}."))
-            return
+            if tell:
+                self._spawn(self._post(target, f"Sorry, I can't take that: {exc.message}."))
+            return exc
         if admission.duplicate:
             log.info(
                 "ignored a repeated Slack delivery",
                 extra={"event_id": message.event_id, "retry": retry},
             )
-            return
+            return None
         self._spawn(self._run(admission, target))
+        return None
 
     async def _on_command(self, ack: Any, body: dict[str, Any], command: dict[str, Any]) -> None:
         text = str(command.get("text") or "").strip()
@@ -283,7 +288,10 @@ class SlackChannel:
             conversation_key=f"{team}:{user}:command",
             text=text,
         )
-        await self._admit(message, Target(user, None, user), retry=None)
+        refused = await self._admit(message, Target(user, None, user), retry=None, tell=False)
+        if refused is not None:
+            await ack(f"Sorry, I can't take that: {refused.message}.")
+            return
         await ack("On it: the answer comes in your direct messages with me.")
 
     async def _run(self, admission: Admission, target: Target) -> None:

@@ -320,3 +320,48 @@ async def test_slack_is_not_served_without_its_secrets(
     async with running_gateway(tmp_path / "gw", demo_cp.url, demo_cp.gateway_token) as plain:
         status, _ = await plain.get("/slack/events")
         assert status == 404
+
+
+def command(text: str, user: str = ANA) -> str:
+    return urllib.parse.urlencode(
+        {
+            "token": "legacy",
+            "team_id": TEAM,
+            "channel_id": "C0000OPS",
+            "user_id": user,
+            "command": "/goodbot",
+            "text": text,
+            "trigger_id": f"trigger-{user}",
+            "response_url": "http://127.0.0.1:9/unused",
+            "api_app_id": "A0001",
+        }
+    )
+
+
+async def test_the_slash_command_answers_in_a_direct_message(
+    gw: GatewayUnderTest, slack_api: FakeSlack
+) -> None:
+    assert await deliver(gw, command("what is pending my approval?"), form=True) == 200
+    (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+    assert posted["channel"] == ANA and "zoom" in posted["text"]
+
+
+async def test_an_expired_confirmation_is_shown_expired(
+    demo_cp: DemoControlPlane, tmp_path: Path, slack_api: FakeSlack
+) -> None:
+    data = tmp_path / "gw"
+    slack_policy(data)
+    slack = SlackSettings.model_validate(
+        {"signing_secret": SECRET, "bot_token": "xoxb-test", "api_base_url": slack_api.url}
+    )
+    async with running_gateway(
+        data, demo_cp.url, demo_cp.gateway_token, slack=slack, confirmation_ttl_seconds=1
+    ) as gw:
+        assert await deliver(gw, event("promote google-chrome to pilot")) == 200
+        (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+        await asyncio.sleep(1.2)
+        message = {"channel": "D0000ANA", "ts": "1700000002.000100", "blocks": posted["blocks"]}
+        assert await deliver(gw, click(message, ANA), form=True) == 200
+        (updated,) = await until(lambda: slack_api.of("chat.update"))
+        assert "Expired" in updated["text"]
+    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 1
