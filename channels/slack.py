@@ -35,6 +35,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -201,7 +202,9 @@ class SlackChannel:
 
     # Inbound.
 
-    async def _on_message(self, body: dict[str, Any], event: dict[str, Any], request: Any) -> None:
+    async def _on_message(
+        self, body: dict[str, Any], event: dict[str, Any], request: AsyncBoltRequest
+    ) -> None:
         # Edits, joins and bot posts arrive as subtypes; only people's new DMs are turns.
         if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):
             return
@@ -215,7 +218,9 @@ class SlackChannel:
             target=Target(str(event["channel"]), thread, str(event["user"])),
         )
 
-    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any], request: Any) -> None:
+    async def _on_mention(
+        self, body: dict[str, Any], event: dict[str, Any], request: AsyncBoltRequest
+    ) -> None:
         if event.get("bot_id") or not event.get("user"):
             return
         thread = str(event.get("thread_ts") or event["ts"])
@@ -232,7 +237,7 @@ class SlackChannel:
         self,
         body: dict[str, Any],
         event: dict[str, Any],
-        request: Any,
+        request: AsyncBoltRequest,
         *,
         text: str,
         conversation: str,
@@ -240,7 +245,8 @@ class SlackChannel:
     ) -> None:
         team = str(event.get("team") or body.get("team_id") or "")
         event_id = str(body.get("event_id") or f"{event['channel']}:{event.get('ts')}")
-        retry = (request.headers.get("x-slack-retry-num") or [None])[0]
+        retries = request.headers.get("x-slack-retry-num") or []
+        retry = retries[0] if retries else None
         message = InboundMessage(
             channel=CHANNEL,
             identity=f"{team}:{target.user}",
