@@ -32,7 +32,14 @@ RINGS: Final = ("lab", "canary", "pilot", "department", "global", "broad", "gene
 """Ring names as the control plane says them (0 lab … 4 global), and common synonyms."""
 """Ring names in order (ring 0 to ring 4)."""
 CHANGES: Final = frozenset(
-    {"decide_approval", "promote_rollout", "pause_rollout", "resume_rollout", "rollback_rollout"}
+    {
+        "decide_approval",
+        "promote_rollout",
+        "pause_rollout",
+        "resume_rollout",
+        "rollback_rollout",
+        "book_meeting",
+    }
 )
 """Tools that propose a change; the loop lets a message propose only one."""
 
@@ -150,6 +157,13 @@ def _events(m: re.Match[str]) -> list[Args]:
 
 
 # --- the table ---------------------------------------------------------------------------
+
+
+def _booking(m: re.Match[str]) -> list[Args]:
+    people = re.split(r",? and |, | & ", m["people"])
+    subject = " ".join("CAB" if w.lower() == "cab" else w for w in m["subject"].split())
+    day = re.sub(r"^(?:this|on) ", "", m["day"].lower())
+    return [{"attendees": people, "subject": subject[:1].upper() + subject[1:], "day": day}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +468,18 @@ RULES: Final[tuple[Rule, ...]] = (
         _no_args,
         "anything to approve?",
         "what do I need to approve",
+    ),
+    # A meeting on a day: book_meeting takes the best common slot and shows it for confirming.
+    _rule(
+        "book_meeting",
+        r"(?:book|schedule|set up|arrange|organi[sz]e|plan) (?:me )?(?:a |an |the )?"
+        r"(?P<subject>[\w'-]+(?: [\w'-]+){0,5}?) with "
+        r"(?P<people>[\w.@+'-]+(?:(?:,? and |, | & )[\w.@+'-]+){0,19}) (?:on |this )?"
+        r"(?P<day>today|tomorrow|(?:next )?(?:monday|tuesday|wednesday|thursday|friday)"
+        r"|\d{4}-\d{2}-\d{2})",
+        _booking,
+        "book a CAB review with ana and li next tuesday",
+        "schedule a release sync with li@contoso.com, omar and sam tomorrow",
     ),
     # Rollout status, of one app or of everything.
     _rule(

@@ -1,0 +1,90 @@
+"""CLI end to end with the rules route: "book a CAB review with ana and li next tuesday"."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from gateway.settings import GraphSettings
+from tests.demo import DemoControlPlane
+from tests.e2e.harness import GatewayUnderTest, prepare, running_gateway
+from tests.tools.graph_support import (
+    CLIENT_ID,
+    SECRET,
+    TENANT,
+    FakeGraph,
+    fake_graph,
+    working_hours_doc,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.fixture
+async def graph(tmp_path: Path) -> AsyncIterator[FakeGraph]:
+    async with fake_graph(tmp_path) as fake:
+        fake.hours["ana@contoso.com"] = working_hours_doc("W. Europe Standard Time")
+        fake.hours["li@contoso.com"] = working_hours_doc("Eastern Standard Time")
+        yield fake
+
+
+@pytest.fixture
+async def cal(
+    demo_cp: DemoControlPlane,
+    graph: FakeGraph,
+    tmp_path: Path,
+) -> AsyncIterator[GatewayUnderTest]:
+    """A gateway with Graph configured and a policy granting ana the calendar actions."""
+    data_dir = tmp_path / "gw"
+    policy_path = prepare(data_dir)
+    policy = yaml.safe_load(policy_path.read_text())
+    policy["roles"]["scheduler"] = {"grants": ["calendar.read", "calendar.book"]}
+    policy["principals"]["ana"]["roles"].append("scheduler")
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    settings = GraphSettings(
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        authority_host=graph.base,
+        base_url=f"{graph.base}/v1.0",
+        ca_file=Path(graph.ca_file),
+        domain="contoso.com",
+        allowed_domains=["contoso.com"],
+        client_secret=SECRET,
+    )
+    async with running_gateway(data_dir, demo_cp.url, demo_cp.gateway_token, graph=settings) as gw:
+        yield gw
+
+
+async def test_book_a_cab_review_from_the_cli(cal: GatewayUnderTest, graph: FakeGraph) -> None:
+    turn = await cal.turn("ana", "book a CAB review with ana and li next tuesday")
+    (call,) = turn.result["tool_calls"]
+    assert call["name"] == "book_meeting" and call["status"] == "confirmation_required", turn.result
+    confirmation = turn.confirmation
+    assert graph.events == {}
+    today = datetime.now(BERLIN).date()
+    tuesday = today + timedelta(days=(1 - today.weekday()) % 7 or 7)
+    assert "CAB review" in turn.reply and "li@contoso.com" in turn.reply
+    status, body = await cal.decide(
+        "ana", str(confirmation["id"]), arguments_hash=str(confirmation["arguments_hash"])
+    )
+    assert status == 200, body
+    assert body["result"]["status"] == "ok", body
+    (event,) = graph.events.values()
+    assert event["subject"] == "CAB review"
+    assert event["start"]["dateTime"] == f"{tuesday.isoformat()}T15:00:00"
+    assert event["start"]["timeZone"] == "Europe/Berlin"
+    assert [a["emailAddress"]["address"] for a in event["attendees"]] == ["li@contoso.com"]
+    await cal.decide("ana", str(confirmation["id"]))  # a second confirm runs nothing
+    assert graph.event_posts == 1 and len(graph.events) == 1
+
+
+async def test_li_is_not_offered_calendar_tools(cal: GatewayUnderTest, graph: FakeGraph) -> None:
+    turn = await cal.turn("li", "book a CAB review with ana and li next tuesday")
+    (call,) = turn.result["tool_calls"]
+    assert call["status"] == "denied", call
+    assert graph.events == {} and graph.schedule_calls == []
