@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
+from typing import Final
 
 from tools.builtin.meetings import graph_failures, graph_of, home_zone, mailbox, when
 from tools.registry import ToolContext, ToolResult, tool
 from tools.slots import zone
+
+_CAB: Final = re.compile(r"\bcab\b|change advisory", re.IGNORECASE)
 
 
 @tool("calendar.read", examples=("When is the next CAB meeting?", "List CAB meetings"))
@@ -23,12 +27,7 @@ async def list_cab_meetings(ctx: ToolContext, days: int = 14) -> ToolResult:
     end = start + timedelta(days=max(1, min(days, 60)))
     async with graph_failures():
         events = await graph.calendar_view(user, start, end, timezone=str(tz))
-    cab = [
-        e
-        for e in events
-        if "cab" in str(e.get("subject", "")).lower().split()
-        or "change advisory" in str(e.get("subject", "")).lower()
-    ]
+    cab = [e for e in events if _CAB.search(str(e.get("subject", "")))]
     rows = []
     for event in cab:
         s = datetime.fromisoformat(event["start"]["dateTime"][:19]).replace(
