@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sessions.results import Outcome
+
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 """Receives a turn's progress events (``tool_call``, ``tool_result``, ``confirmation``)."""
 
@@ -83,17 +85,6 @@ class TurnReport:
             "message_id": self.message_id,
             "conversation_id": self.conversation_id,
         }
-
-
-Outcome = Literal[
-    "confirmed",
-    "denied",
-    "unknown",
-    "wrong_principal",
-    "expired",
-    "already_decided",
-    "arguments_changed",
-]
 
 
 @dataclass(frozen=True, slots=True)
