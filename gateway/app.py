@@ -4,7 +4,8 @@
 registry and executor, the route (rules or openai), the agent loop, the turn service and the
 channels into one aiohttp application with ``/healthz``, ``/readyz`` and ``/metrics``.
 Long-lived duties (policy reload, confirmation expiry, notifications, crash recovery) run as
-``cleanup_ctx`` tasks.
+``cleanup_ctx`` tasks; all but the policy reload hold a lease (``gateway.leases``), so with
+several replicas on PostgreSQL each runs on one replica at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy import text
 from agent.loop import AgentLoop
 from agent.route import Route
 from channels.cli import CliChannel
+from gateway.leases import Leases
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySettings
 from gateway.turns import TurnService
@@ -53,6 +55,7 @@ class Gateway:
     loop: AgentLoop
     turns: TurnService
     metrics: Metrics
+    leases: Leases
     notifications: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     refused_policy: tuple[str, str] | None = None
@@ -105,8 +108,23 @@ async def build_gateway(
 ) -> Gateway:
     """Open the store and wire every collaborator; the caller closes it with ``close``."""
     policy = PolicySource.load(policy_path)
-    store = await SessionStore.open(database_url(settings), schema=settings.database.schema_name)
+    store = await SessionStore.open(
+        database_url(settings),
+        schema=settings.database.schema_name,
+        migrate_schema=settings.database.migrate_on_start,
+    )
     metrics = Metrics()
+    leases = Leases(
+        store.engine,
+        namespace=settings.database.schema_name or "",
+        retry_seconds=settings.replicas.lease_retry_seconds,
+        on_change=lambda duty, held: metrics.duty_held.labels(duty).set(1 if held else 0),
+    )
+    shared_rate = None
+    if store.engine.dialect.name == "postgresql" and settings.replicas.shared_rate_limit:
+        from sessions.ratelimit import SharedRateLimiter
+
+        shared_rate = SharedRateLimiter(store.db)
     cp = ControlPlaneClient(cp_url, cp_token, timeout=settings.controlplane.timeout_seconds)
     await cp.__aenter__()
     graph = await open_graph(settings)
@@ -135,9 +153,21 @@ async def build_gateway(
         metrics=metrics,
         notifications=notifications,
         graph=graph,
+        shared_rate=shared_rate,
     )
     return Gateway(
-        settings, store, policy, cp, cp_url, route, executor, loop, turns, metrics, notifications
+        settings,
+        store,
+        policy,
+        cp,
+        cp_url,
+        route,
+        executor,
+        loop,
+        turns,
+        metrics,
+        leases,
+        notifications,
     )
 
 
@@ -172,6 +202,7 @@ async def close_gateway(gateway: Gateway) -> None:
     await gateway.cp.close()
     if gateway.turns.graph is not None:
         await gateway.turns.graph.close()
+    await gateway.leases.close()
     await gateway.store.close()
 
 
@@ -232,7 +263,12 @@ async def readyz(request: web.Request) -> web.Response:
         checks["controlplane"] = f"failing: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     policy = gateway.policy
-    body: dict[str, Any] = {"ready": ready, "checks": checks, "policy": policy.current.revision}
+    body: dict[str, Any] = {
+        "ready": ready,
+        "checks": checks,
+        "policy": policy.current.revision,
+        "duties": sorted(gateway.leases.held),
+    }
     if policy.last_error is not None:
         body["policy_refused"] = {
             "where": policy.last_error.where,
@@ -250,23 +286,47 @@ async def metrics(request: web.Request) -> web.Response:
 async def _duties(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     settings = gateway.settings
-    answered, resumed = await gateway.turns.recover()
-    if answered or resumed:
-        log.warning(
-            "recovered after a restart",
-            extra={"messages": answered, "confirmations": resumed},
-        )
+    leases = gateway.leases
+    if not leases.shared:  # one process: whatever is unfinished was left by its crash
+        await _recover(gateway, 0.0)
+    # Every process reloads its own policy file; every other duty holds a lease.
     gateway.tasks.append(asyncio.create_task(_every(2.0, lambda: _reload(gateway))))
     gateway.tasks.append(
-        asyncio.create_task(_every(settings.expiry_sweep_seconds, lambda: _expire(gateway)))
+        asyncio.create_task(
+            leases.every(
+                "confirmations.expiry", settings.expiry_sweep_seconds, lambda: _expire(gateway)
+            )
+        )
     )
+    if leases.shared:
+        replicas = settings.replicas
+
+        async def recover() -> None:
+            await _recover(gateway, replicas.recover_after_seconds)
+
+        gateway.tasks.append(
+            asyncio.create_task(leases.every("recovery", replicas.recovery_seconds, recover))
+        )
     if gateway.notifications is not None and settings.notifications.enabled:
         gateway.tasks.append(
             asyncio.create_task(
-                _every(settings.notifications.poll_seconds, gateway.notifications.poll)
+                leases.every(
+                    "notifications.poll",
+                    settings.notifications.poll_seconds,
+                    gateway.notifications.poll,
+                )
             )
         )
     yield
+
+
+async def _recover(gateway: Gateway, older_than: float) -> None:
+    answered, resumed = await gateway.turns.recover(older_than)
+    if answered or resumed:
+        log.warning(
+            "recovered unfinished work",
+            extra={"messages": answered, "confirmations": resumed},
+        )
 
 
 async def _reload(gateway: Gateway) -> None:

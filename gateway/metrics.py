@@ -68,6 +68,13 @@ class Metrics:
             registry=r,
         )
 
+        self.duty_held = Gauge(
+            "goodbot_duty_lease_held",
+            "1 while this replica holds the background duty's lease",
+            ["duty"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

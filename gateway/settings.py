@@ -58,6 +58,22 @@ class DatabaseSettings(Section):
     """SQLAlchemy async URL of the gateway's store; empty is SQLite in the data directory."""
     schema_name: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema for the gateway's tables."""
+    migrate_on_start: bool = True
+    """Apply the gateway's migrations at start; off when ``goodbot migrate`` runs them first
+    (a Kubernetes Job), so replicas never need DDL rights."""
+
+
+class ReplicaSettings(Section):
+    """Several gateways on one PostgreSQL (no effect on SQLite, which is one process)."""
+
+    lease_retry_seconds: float = Field(default=2.0, gt=0, le=300)
+    """How often a replica without a duty's lease tries to take it (the failover bound)."""
+    recovery_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """How often the replica holding the recovery lease looks for work a dead one left."""
+    recover_after_seconds: float = Field(default=120.0, ge=0, le=86_400)
+    """Work left unfinished this long counts as abandoned (longer than any turn takes)."""
+    shared_rate_limit: bool = True
+    """Keep the per-principal message rate in PostgreSQL, so it holds across replicas."""
 
 
 class ModelSettings(Section):
@@ -165,6 +181,7 @@ class GatewaySettings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     model: ModelSettings = ModelSettings()
     notifications: NotificationSettings = NotificationSettings()
+    replicas: ReplicaSettings = ReplicaSettings()
     graph: GraphSettings = GraphSettings()
     slack: SlackSettings = SlackSettings()
     confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)

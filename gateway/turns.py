@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from agent.commands import decide_confirmation, describe_decision
@@ -34,7 +35,7 @@ from channels.base import (
 from gateway.metrics import Metrics
 from policy.engine import Decision, Policy, PrincipalRef
 from policy.guard import PolicyGuard
-from policy.limits import RateLimiter, check_size
+from policy.limits import RateLimiter, SharedRate, check_size, rate_decision
 from policy.loader import PolicySource
 from policy.model import CHANNELS, Channel
 from policy.redact import redact
@@ -68,6 +69,7 @@ class TurnService:
         notifications: Any = None,
         clock: Callable[[], float] = time.monotonic,
         graph: GraphClient | None = None,
+        shared_rate: SharedRate | None = None,
     ) -> None:
         """Args:
         policy: The policy file in force (reloaded by the app's watcher).
@@ -78,6 +80,9 @@ class TurnService:
         notifications: The notification outbox (``gateway.notifications``), if any.
         clock: Monotonic seconds, for the rate limiter (tests pass a fake).
         graph: The Microsoft Graph client the calendar tools use, when configured.
+        shared_rate: A rate limiter every replica shares (``sessions.ratelimit`` on
+            PostgreSQL): ``take(key, per_minute)`` is None or the seconds to wait. Without
+            one the limit is this process's own.
         """
         self.graph = graph
         self.policy = policy
@@ -88,6 +93,7 @@ class TurnService:
         self.notifications = notifications
         self.clock = clock
         self.limiter = RateLimiter()
+        self.shared_rate = shared_rate
         self._lanes: dict[str, _Lane] = {}
 
     # Who is speaking.
@@ -134,7 +140,7 @@ class TurnService:
         if not size.allowed:
             await self._refuse(ref.name, channel, size.rule, size.reason, meta)
             raise RefusedError(413, "too_large", size.reason)
-        rate = self.limiter.take(ref.name, policy.rate_per_minute(ref.name), self.clock())
+        rate = await self._take_rate(ref.name, policy.rate_per_minute(ref.name))
         if not rate.allowed:
             await self._refuse(ref.name, channel, rate.rule, rate.reason, meta)
             wait = int(rate.reason.rsplit(" in ", 1)[-1].split()[0]) if " in " in rate.reason else 1
@@ -165,6 +171,13 @@ class TurnService:
         return Admission(
             message, sender, admitted.message_id, admitted.conversation_id, False, waiting
         )
+
+    async def _take_rate(self, principal: str, per_minute: int) -> Decision:
+        """One message from the principal's rate: across replicas when shared."""
+        if self.shared_rate is None:
+            return self.limiter.take(principal, per_minute, self.clock())
+        wait = await self.shared_rate.take(f"message:{principal}", per_minute)
+        return rate_decision(per_minute, wait)
 
     async def _refuse(
         self, principal: str | None, channel: str, rule: str, reason: str, meta: dict[str, Any]
@@ -373,7 +386,7 @@ class TurnService:
             refused = policy.channel_open(channel)
             if refused.allowed:  # a call counts against the principal's message rate
                 per_minute = policy.rate_per_minute(ref.name)
-                refused = self.limiter.take(ref.name, per_minute, self.clock())
+                refused = await self._take_rate(ref.name, per_minute)
         if ref is None or not refused.allowed:
             await self._refuse(
                 principal, channel, refused.rule, refused.reason, {"tool": name[:100]}
@@ -404,18 +417,23 @@ class TurnService:
 
     # Recovery after a crash.
 
-    async def recover(self) -> tuple[int, int]:
+    async def recover(self, older_than: float = 0.0) -> tuple[int, int]:
         """Answer messages a crash left unfinished; finish confirmed executions once.
+
+        Args:
+            older_than: Only work left this many seconds or longer; with several replicas,
+                newer work may be in progress on another one.
 
         Returns:
             How many messages and confirmations were resumed.
         """
+        before = datetime.now(UTC) - timedelta(seconds=older_than) if older_than else None
         resumed = 0
-        for confirmation in await self.store.recoverable():
+        for confirmation in await self.store.recoverable(before=before):
             await self._resume(confirmation)
             resumed += 1
         answered = 0
-        for stored in await self.store.pending_messages():
+        for stored in await self.store.pending_messages(before=before):
             if stored.principal_id is None:
                 continue
             sender = Sender(stored.principal_id, ())

@@ -1,13 +1,15 @@
 """Message limits: size and per-principal rate, each answered with a Decision naming the limit.
 
-The rate limiter is an in-process token bucket (a dozen lines); issue 8 moves limits that must
-hold across gateway replicas into PostgreSQL.
+``RateLimiter`` is an in-process token bucket (a dozen lines), exact for one process. Limits
+that must hold across gateway replicas go through a ``SharedRate`` (``sessions.ratelimit``, one
+upsert in PostgreSQL), answered with the same Decision by ``rate_decision``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from policy.engine import Decision
 
@@ -20,6 +22,25 @@ def check_size(text: str, limit: int) -> Decision:
             False, f"the message is {size} bytes; the limit is {limit} bytes", "limits.size"
         )
     return Decision(True, f"{size} of {limit} bytes", "limits.size")
+
+
+class SharedRate(Protocol):
+    """A rate limit every replica shares."""
+
+    async def take(self, key: str, per_minute: int) -> float | None:
+        """Spend one token of ``key``: None when allowed, else the seconds to wait."""
+        ...
+
+
+def rate_decision(per_minute: int, wait: float | None) -> Decision:
+    """The Decision for a take that waited ``wait`` seconds (None: allowed)."""
+    if wait is None:
+        return Decision(True, "within the message rate", "limits.rate")
+    return Decision(
+        False,
+        f"more than {per_minute} messages a minute; try again in {max(1, math.ceil(wait))} s",
+        "limits.rate",
+    )
 
 
 @dataclass
@@ -37,9 +58,4 @@ class RateLimiter:
             self._buckets[principal] = (tokens - 1.0, now)
             return Decision(True, "within the message rate", "limits.rate")
         self._buckets[principal] = (tokens, now)
-        wait = max(1, math.ceil((1.0 - tokens) / rate))
-        return Decision(
-            False,
-            f"more than {per_minute} messages a minute; try again in {wait} s",
-            "limits.rate",
-        )
+        return rate_decision(per_minute, (1.0 - tokens) / rate)

@@ -194,14 +194,14 @@ async def reply(
     return int(message_id)
 
 
-async def pending(conn: AsyncConnection, limit: int) -> list[StoredMessage]:
-    """Inbound messages accepted or in processing, oldest first."""
-    rows = await conn.execute(
-        select(MESSAGES)
-        .where(MESSAGES.c.direction == "in", MESSAGES.c.status.in_(UNFINISHED))
-        .order_by(MESSAGES.c.id)
-        .limit(limit)
-    )
+async def pending(
+    conn: AsyncConnection, limit: int, before: datetime | None = None
+) -> list[StoredMessage]:
+    """Inbound messages accepted or in processing (admitted before ``before``), oldest first."""
+    where: list[Any] = [MESSAGES.c.direction == "in", MESSAGES.c.status.in_(UNFINISHED)]
+    if before is not None:
+        where.append(MESSAGES.c.created_at < before)
+    rows = await conn.execute(select(MESSAGES).where(*where).order_by(MESSAGES.c.id).limit(limit))
     return [from_row(row) for row in rows]
 
 

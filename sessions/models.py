@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -236,3 +238,17 @@ class NotificationCursor(Base):
     event_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     """That event's time, so the next read can ask only for events since about then."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RateBucket(Base):
+    """A token bucket shared by every gateway replica (used on PostgreSQL; see ``ratelimit``)."""
+
+    __tablename__ = "rate_buckets"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """What is limited, such as ``message:ana``."""
+    tokens: Mapped[float] = mapped_column(Float)
+    """Tokens left after the last take."""
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    """Whether the last take was allowed (read back by the same statement)."""
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    """The database's clock at the last take, so every replica refills from one clock."""

@@ -249,10 +249,16 @@ class SessionStore:
             await self._chain.append(conn, records, moment)
             return reply_id
 
-    async def pending_messages(self, limit: int = 1000) -> list[StoredMessage]:
-        """Inbound messages left ``accepted`` or ``processing`` (after a crash), oldest first."""
+    async def pending_messages(
+        self, limit: int = 1000, *, before: datetime | None = None
+    ) -> list[StoredMessage]:
+        """Inbound messages left ``accepted`` or ``processing`` (after a crash), oldest first.
+
+        ``before`` keeps only messages admitted earlier, so that with several replicas one
+        does not answer a message another is answering now.
+        """
         async with self.db.reading() as conn:
-            return await messages.pending(conn, limit)
+            return await messages.pending(conn, limit, before)
 
     async def history(self, conversation_id: str, limit: int = 20) -> list[StoredMessage]:
         """The newest ``limit`` messages of a conversation, both directions, oldest first."""
@@ -374,14 +380,18 @@ class SessionStore:
         rows = await self._confirmations(_C.id == confirmation_id)
         return rows[0] if rows else None
 
-    async def recoverable(self) -> list[Confirmation]:
+    async def recoverable(self, *, before: datetime | None = None) -> list[Confirmation]:
         """Confirmations a crash left ``confirmed`` or ``executing``, oldest first.
 
-        Resume each with its stored ``idempotency_key``: call ``begin_execution`` for a
+        ``before`` keeps only those decided earlier (another replica may be running a newer
+        one). Resume each with its stored ``idempotency_key``: call ``begin_execution`` for a
         confirmed one, then execute; re-execute an executing one directly. The control plane
         runs a key at most once, so a resumption that repeats a finished call is harmless.
         """
-        return await self._confirmations(_C.state.in_(IN_FLIGHT))
+        where: list[Any] = [_C.state.in_(IN_FLIGHT)]
+        if before is not None:
+            where.append(_C.decided_at < before)
+        return await self._confirmations(*where)
 
     async def pending_for(
         self, principal_id: str, *, now: datetime | None = None

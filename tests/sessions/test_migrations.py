@@ -55,7 +55,7 @@ async def test_the_migrated_schema_matches_the_models(empty: AsyncEngine) -> Non
         versions = select(column("version_num", String)).select_from(table(VERSION_TABLE))
         version = (await conn.execute(versions)).scalars().all()
     assert tables == set(Base.metadata.tables) | {VERSION_TABLE}
-    assert list(version) == ["0002"]
+    assert list(version) == ["0003"]
 
 
 async def test_the_gateway_migrates_beside_the_control_planes_tables(empty: AsyncEngine) -> None:
