@@ -14,6 +14,10 @@ and runs the turn in a background task whose reply goes out with ``chat.postMess
   thread, and the thread is the conversation.
 * ``/goodbot <text>``: the reply goes to the person's DM with the bot.
 
+Notifications (approvals waiting, paused rollouts, …) reach people as direct messages: the
+channel is a push ``Deliverer`` for ``gateway.delivery``. Every Web API call is retried a few
+times when Slack answers 429 (after its ``Retry-After``), 5xx or drops the connection.
+
 A proposed change is posted as a Block Kit message with its summary, exact arguments and
 Confirm / Deny buttons whose value carries the confirmation id and arguments hash. A click is
 decided for the clicker's own identity (``<team id>:<user id>``, never a name), so only the
@@ -28,7 +32,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -37,6 +41,12 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
 from slack_sdk.web.async_client import AsyncWebClient
 
 from channels.base import Admission, DecisionReport, InboundMessage, RefusedError, Turns
@@ -53,6 +63,19 @@ _BOLD: Final = re.compile(r"\*\*(.+?)\*\*")
 _HEADING: Final = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
 _SECTION_LIMIT: Final = 2900
 """Block Kit section text is limited to 3,000 characters."""
+_PER_MESSAGE: Final = 20
+"""Notifications per Slack message (a message holds at most 50 blocks; two each)."""
+RETRIES: Final = 3
+"""Retries of a Web API call answered 429 (after its Retry-After), 5xx or cut off."""
+
+
+def retry_handlers() -> list[AsyncRetryHandler]:
+    """Retry throttled (429, honouring Retry-After) and transient failures, a few times."""
+    return [
+        AsyncConnectionErrorRetryHandler(max_retry_count=RETRIES),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=RETRIES),
+        AsyncServerErrorRetryHandler(max_retry_count=RETRIES),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +155,19 @@ def confirmation_blocks(confirmation: dict[str, Any], user: str) -> list[dict[st
     ]
 
 
+def notification_blocks(note: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A notification as a section (its text, already free of markup) and a context line."""
+    topic = str(note.get("topic") or "notification")
+    when = str(note.get("created_at") or "")
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(mrkdwn(str(note["text"])))}},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": mrkdwn(f"{topic} · {when}".strip(" ·"))}],
+        },
+    ]
+
+
 def final_state(report: DecisionReport, clicker: str) -> str | None:
     """The line that replaces the buttons once a confirmation is settled, or None."""
     if report.outcome == "confirmed":
@@ -160,7 +196,7 @@ class SlackChannel:
     """Turns and decisions running after their acknowledgement."""
 
     def __post_init__(self) -> None:
-        kwargs: dict[str, Any] = {"token": self.bot_token}
+        kwargs: dict[str, Any] = {"token": self.bot_token, "retry_handlers": retry_handlers()}
         if self.api_base_url:
             kwargs["base_url"] = self.api_base_url.rstrip("/") + "/"
         self.client = AsyncWebClient(**kwargs)
@@ -199,6 +235,35 @@ class SlackChannel:
         task = asyncio.create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    # Proactive notifications (``gateway.delivery.Deliverer``).
+
+    @property
+    def channel(self) -> str:
+        """The outbox's name for this channel."""
+        return CHANNEL
+
+    async def deliver(
+        self, principal: str, identities: Sequence[str], items: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Post notifications to each of the person's Slack identities as direct messages.
+
+        Raises:
+            SlackApiError: Slack refused a post (after the client's own retries), so the
+                delivery duty tries again later.
+        """
+        for identity in identities:
+            user = identity.partition(":")[2]
+            for start in range(0, len(items), _PER_MESSAGE):
+                batch = items[start : start + _PER_MESSAGE]
+                blocks = [block for note in batch for block in notification_blocks(note)]
+                text = "\n".join(str(note.get("text") or "") for note in batch)
+                # Posting to a user id lands in the person's direct messages with the app.
+                await self.client.chat_postMessage(channel=user, text=_clip(text), blocks=blocks)
+        log.info(
+            "notifications posted",
+            extra={"principal": principal, "count": len(items), "identities": len(identities)},
+        )
 
     # Inbound.
 

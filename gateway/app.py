@@ -26,6 +26,7 @@ from sqlalchemy import text
 from agent.loop import AgentLoop
 from agent.route import Route
 from channels.cli import CliChannel
+from gateway.delivery import Delivery
 from gateway.leases import Leases
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySettings
@@ -57,6 +58,8 @@ class Gateway:
     metrics: Metrics
     leases: Leases
     notifications: Any = None
+    delivery: Delivery | None = None
+    """Sends the outbox to push channels; channels register themselves in ``build_app``."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     refused_policy: tuple[str, str] | None = None
     """The refused policy version last audited, so each refusal is audited once."""
@@ -168,6 +171,7 @@ async def build_gateway(
         metrics,
         leases,
         notifications,
+        Delivery(store, policy, metrics),
     )
 
 
@@ -230,6 +234,8 @@ def _add_slack(app: web.Application, gateway: Gateway) -> None:
     assert signing_secret is not None and bot_token is not None
     slack = SlackChannel(gateway.turns, signing_secret, bot_token, settings.slack.api_base_url)
     app.router.add_routes(slack.routes())
+    if gateway.delivery is not None:
+        gateway.delivery.register(slack)
 
     async def close_slack(_: web.Application) -> None:
         await slack.close()
@@ -314,6 +320,16 @@ async def _duties(app: web.Application) -> AsyncIterator[None]:
                     "notifications.poll",
                     settings.notifications.poll_seconds,
                     gateway.notifications.poll,
+                )
+            )
+        )
+    if gateway.delivery is not None and gateway.delivery.channels:
+        gateway.tasks.append(
+            asyncio.create_task(
+                leases.every(
+                    "notifications.deliver",
+                    settings.notifications.deliver_seconds,
+                    gateway.delivery.run,
                 )
             )
         )

@@ -102,6 +102,8 @@ class NotificationSettings(Section):
     """Poll the control plane's events and tell the people concerned."""
     poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     """How often the events are read."""
+    deliver_seconds: float = Field(default=2.0, gt=0, le=3600)
+    """How often push channels (Slack, Teams) send what waits in the outbox."""
 
 
 class SlackSettings(Section):

@@ -226,6 +226,10 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     """Set, once, by the conditional UPDATE that hands it to the channel."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How often a push channel claimed it for sending (see ``sessions.notifications``)."""
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """While set and in the future, a push channel holds it (sending, or backing off)."""
 
 
 class NotificationCursor(Base):

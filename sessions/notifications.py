@@ -9,6 +9,11 @@ replicas may poll and serve at once:
   twice, or by two replicas, inserts nothing the second time (``ON CONFLICT DO NOTHING``);
 - taking is one conditional UPDATE … RETURNING (``delivered_at IS NULL``), so of two
   concurrent readers exactly one receives each notification;
+- a push channel (one that sends without being asked, such as Slack) claims rows with the
+  same kind of UPDATE, which sets ``retry_at`` to a lease instead of ``delivered_at``; it
+  marks them delivered once sent, or pushes ``retry_at`` back after a failure. A process
+  that dies while sending leaves the lease to run out, and the rows are claimed again: push
+  delivery is at least once, and ``take`` leaves held rows alone;
 - a cursor only moves forward (an upsert whose update is conditional on the position), and
   it can move in the same transaction as the notifications its events produced.
 """
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import Row, Table, delete, select, update
+from sqlalchemy import ColumnElement, Row, Table, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sessions.canonical import to_json
@@ -35,6 +40,8 @@ _K: Final = CURSORS.c
 
 TAKE_LIMIT: Final = 100
 """Most notifications one ``take`` hands over; the rest wait for the next one."""
+PUSH_ATTEMPTS: Final = 8
+"""Claims a push channel gets per notification; after that it waits for ``take``."""
 TEXT_MAX: Final = 2000
 """Longest notification text kept (the rest is cut)."""
 
@@ -79,6 +86,8 @@ class Notification:
     """When it was stored."""
     delivered_at: datetime | None
     """When a channel took it; None while it waits."""
+    attempts: int = 0
+    """How often a push channel claimed it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,7 @@ def _from_row(row: Row[Any]) -> Notification:
         dedupe_key=row.dedupe_key,
         created_at=row.created_at,
         delivered_at=row.delivered_at,
+        attempts=row.attempts,
     )
 
 
@@ -152,7 +162,12 @@ async def take(
     """
     oldest = (
         select(_N.id)
-        .where(_N.principal_id == principal_id, _N.channel == channel, _N.delivered_at.is_(None))
+        .where(
+            _N.principal_id == principal_id,
+            _N.channel == channel,
+            _N.delivered_at.is_(None),
+            _free(now),
+        )
         .order_by(_N.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -167,6 +182,43 @@ async def take(
     )
     taken = [_from_row(row) for row in await conn.execute(stmt)]
     return sorted(taken, key=lambda n: n.id)
+
+
+def _free(now: datetime) -> ColumnElement[bool]:
+    """Not held by a push channel's claim (never claimed, or its lease has run out)."""
+    return or_(_N.retry_at.is_(None), _N.retry_at <= now)
+
+
+async def claim(
+    conn: AsyncConnection, channel: str, now: datetime, lease: timedelta, limit: int
+) -> list[Notification]:
+    """Hold the oldest free undelivered notifications on ``channel`` for ``lease``; those.
+
+    Like ``take``, but the rows stay undelivered: ``retry_at`` is the lease and ``attempts``
+    counts the claim. Rows claimed ``PUSH_ATTEMPTS`` times are left for ``take``.
+    """
+    oldest = (
+        select(_N.id)
+        .where(
+            _N.channel == channel,
+            _N.delivered_at.is_(None),
+            _N.attempts < PUSH_ATTEMPTS,
+            _free(now),
+        )
+        .order_by(_N.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED")
+    )
+    stmt = (
+        update(TABLE)
+        .where(_N.id.in_(select(oldest.c.id)), _N.delivered_at.is_(None), _free(now))
+        .values(retry_at=now + lease, attempts=_N.attempts + 1)
+        .returning(*TABLE.c)
+    )
+    claimed = [_from_row(row) for row in await conn.execute(stmt)]
+    return sorted(claimed, key=lambda n: n.id)
 
 
 async def move_cursor(conn: AsyncConnection, cursor: Cursor, now: datetime) -> bool:
@@ -248,6 +300,64 @@ class NotificationOutbox:
                 return []
         async with self._db.writing() as conn:
             return await take(conn, principal_id, channel, now or datetime.now(UTC), limit)
+
+    async def claim(
+        self,
+        channel: str,
+        *,
+        lease: timedelta,
+        limit: int = TAKE_LIMIT,
+        now: datetime | None = None,
+    ) -> list[Notification]:
+        """Hold undelivered notifications on ``channel`` for a push channel to send, oldest first.
+
+        Each row is held by one claimer until ``lease`` runs out; the claimer then calls
+        ``sent`` or ``retry``. Whoever claims after the lease ran out sends it again.
+
+        Args:
+            channel: The push channel.
+            lease: How long the claimer may take to send before others may claim the rows.
+            limit: Most notifications to hold.
+            now: The claim time; the current time if None.
+        """
+        moment = now or datetime.now(UTC)
+        probe = (
+            select(_N.id)
+            .where(
+                _N.channel == channel,
+                _N.delivered_at.is_(None),
+                _N.attempts < PUSH_ATTEMPTS,
+                _free(moment),
+            )
+            .limit(1)
+        )
+        async with self._db.reading() as conn:
+            if (await conn.execute(probe)).first() is None:
+                return []
+        async with self._db.writing() as conn:
+            return await claim(conn, channel, moment, lease, limit)
+
+    async def sent(self, ids: Sequence[int], *, now: datetime | None = None) -> int:
+        """Mark claimed notifications delivered; how many were still undelivered."""
+        if not ids:
+            return 0
+        stmt = (
+            update(TABLE)
+            .where(_N.id.in_(list(ids)), _N.delivered_at.is_(None))
+            .values(delivered_at=now or datetime.now(UTC), retry_at=None)
+        )
+        async with self._db.writing() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def retry(self, ids: Sequence[int], at: datetime, *, now: datetime | None = None) -> int:
+        """Hold claimed notifications until ``at`` after a failed send; how many."""
+        if not ids:
+            return 0
+        stmt = (
+            update(TABLE).where(_N.id.in_(list(ids)), _N.delivered_at.is_(None)).values(retry_at=at)
+        )
+        async with self._db.writing() as conn:
+            return (await conn.execute(stmt)).rowcount
 
     async def waiting(self, principal_id: str, channel: str) -> list[Notification]:
         """The principal's undelivered notifications on ``channel``, oldest first, not taken."""

@@ -8,66 +8,28 @@ import json
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from slack_sdk.signature import SignatureVerifier
 
 from gateway.bootstrap import demo_policy
-from gateway.settings import SlackSettings
+from gateway.settings import NotificationSettings, SlackSettings
 from tests.demo import DemoControlPlane
 from tests.e2e.harness import GatewayUnderTest, running_gateway
 from tests.e2e.test_cli_confirmations import cp_rollout
+from tests.fakes.slack_api import TEAM, FakeSlack, fake_slack
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-TEAM = "T0001"
 ANA, SAM = "UANA0001", "USAM0001"
-
-
-@dataclass
-class FakeSlack:
-    """Slack's Web API on loopback: records every call and answers like Slack."""
-
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    url: str = ""
-
-    def of(self, method: str) -> list[dict[str, Any]]:
-        return [body for name, body in self.calls if name == method]
-
-    async def handle(self, request: web.Request) -> web.Response:
-        method = request.match_info["method"]
-        raw = await request.text()
-        if request.content_type == "application/json":
-            body = json.loads(raw or "{}")
-        else:
-            body = dict(urllib.parse.parse_qsl(raw))
-        assert request.headers.get("Authorization") == "Bearer xoxb-test"
-        self.calls.append((method, body))
-        if method == "auth.test":
-            return web.json_response(
-                {"ok": True, "user_id": "UBOT0001", "bot_id": "BBOT0001", "team_id": TEAM}
-            )
-        ts = f"{1700000000 + len(self.calls)}.000100"
-        return web.json_response({"ok": True, "channel": body.get("channel"), "ts": ts})
 
 
 @pytest.fixture
 async def slack_api() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    app = web.Application()
-    app.router.add_post("/api/{method}", fake.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    fake.url = str(server.make_url("/api/"))
-    try:
+    async with fake_slack() as fake:
         yield fake
-    finally:
-        await server.close()
 
 
 def slack_policy(data_dir: Path) -> None:
@@ -365,3 +327,32 @@ async def test_an_expired_confirmation_is_shown_expired(
         (updated,) = await until(lambda: slack_api.of("chat.update"))
         assert "Expired" in updated["text"]
     assert cp_rollout(demo_cp, "google-chrome")["ring"] == 1
+
+
+async def test_notifications_arrive_as_direct_messages_despite_throttling(
+    demo_cp: DemoControlPlane, tmp_path: Path, slack_api: FakeSlack
+) -> None:
+    data = tmp_path / "gw"
+    slack_policy(data)
+    slack = SlackSettings.model_validate(
+        {"signing_secret": SECRET, "bot_token": "xoxb-test", "api_base_url": slack_api.url}
+    )
+    # Slack throttles the first post: the client waits out Retry-After and posts again.
+    slack_api.failures.append((429, {"Retry-After": "1"}))
+    notifications = NotificationSettings(poll_seconds=0.2, deliver_seconds=0.2)
+    async with running_gateway(
+        data, demo_cp.url, demo_cp.gateway_token, slack=slack, notifications=notifications
+    ) as gw:
+        # The demo's zoom and crowdstrike-falcon approvals wait for ana (a CAB approver).
+        posted = await until(
+            lambda: [p for p in slack_api.of("chat.postMessage") if p["channel"] == ANA]
+        )
+        text = "\n".join(p["text"] for p in posted)
+        assert "zoom" in text and "crowdstrike-falcon" in text and "/approve apr_" in text
+        assert slack_api.refused == [("chat.postMessage", 429)]
+        # Posted once: the outbox holds them as delivered, a later round sends nothing more.
+        await asyncio.sleep(0.6)
+        assert [p for p in slack_api.of("chat.postMessage") if p["channel"] == ANA] == posted
+        assert await gw.gateway.store.notifications.waiting("ana", "slack") == []
+        # sam (a viewer, not a CAB approver) is not told about approvals.
+        assert [p for p in slack_api.of("chat.postMessage") if p["channel"] == SAM] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sessions.notifications import Cursor, NewNotification
+from sessions.notifications import PUSH_ATTEMPTS, Cursor, NewNotification
 from sessions.store import SessionStore
 from tests.sessions.conftest import Target
 
@@ -146,3 +146,69 @@ async def test_delivered_notifications_are_purged_undelivered_kept(store: Sessio
     assert [n.dedupe_key for n in await outbox.waiting("li", "cli")] == ["waiting"]
     # The newer delivered one still blocks a repeat of its event.
     assert await outbox.enqueue([note("ana", "new")]) == []
+
+
+async def test_a_claim_holds_rows_for_its_lease_then_frees_them(store: SessionStore) -> None:
+    outbox = store.notifications
+    await outbox.enqueue([note("ana", "apr_1", "slack"), note("li", "apr_2", "slack")], now=T0)
+    await outbox.enqueue([note("ana", "apr_3", "cli")], now=T0)
+    lease = timedelta(seconds=60)
+    claimed = await outbox.claim("slack", lease=lease, now=T0)
+    assert [(n.principal_id, n.dedupe_key, n.attempts) for n in claimed] == [
+        ("ana", "apr_1", 1),
+        ("li", "apr_2", 1),
+    ]
+    # Held: neither another claimer nor the pull path gets them while the lease runs.
+    assert await outbox.claim("slack", lease=lease, now=T0 + timedelta(seconds=30)) == []
+    assert await outbox.take("ana", "slack", now=T0 + timedelta(seconds=30)) == []
+    # The claimer died: once the lease ran out, the rows are claimed again.
+    again = await outbox.claim("slack", lease=lease, now=T0 + timedelta(seconds=61))
+    assert [(n.dedupe_key, n.attempts) for n in again] == [("apr_1", 2), ("apr_2", 2)]
+    assert await outbox.sent([again[0].id], now=T0 + timedelta(seconds=62)) == 1
+    assert await outbox.sent([again[0].id]) == 0  # already delivered
+    assert [n.dedupe_key for n in await outbox.waiting("li", "slack")] == ["apr_2"]
+    assert await outbox.waiting("ana", "slack") == []
+    assert [n.dedupe_key for n in await outbox.waiting("ana", "cli")] == ["apr_3"]
+
+
+async def test_a_failed_send_waits_for_its_retry_time(store: SessionStore) -> None:
+    outbox = store.notifications
+    await outbox.enqueue([note("ana", "apr_1", "slack")], now=T0)
+    (row,) = await outbox.claim("slack", lease=timedelta(seconds=60), now=T0)
+    assert await outbox.retry([row.id], T0 + timedelta(minutes=5)) == 1
+    later = T0 + timedelta(minutes=4)
+    assert await outbox.claim("slack", lease=timedelta(seconds=60), now=later) == []
+    (again,) = await outbox.claim(
+        "slack", lease=timedelta(seconds=60), now=T0 + timedelta(minutes=5)
+    )
+    assert again.id == row.id and again.attempts == 2
+
+
+async def test_after_its_last_push_attempt_a_row_waits_for_take(store: SessionStore) -> None:
+    outbox = store.notifications
+    await outbox.enqueue([note("ana", "apr_1", "slack")], now=T0)
+    moment = T0
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        (row,) = await outbox.claim("slack", lease=timedelta(seconds=1), now=moment)
+        assert row.attempts == attempt
+        moment += timedelta(seconds=2)
+    assert await outbox.claim("slack", lease=timedelta(seconds=1), now=moment) == []
+    assert [n.dedupe_key for n in await outbox.take("ana", "slack", now=moment)] == ["apr_1"]
+
+
+async def test_concurrent_claims_hold_each_row_once(store: SessionStore, target: Target) -> None:
+    await store.notifications.enqueue([note(f"p{n % 5}", f"apr_{n}", "slack") for n in range(40)])
+    other = await target.open()
+    try:
+        claims = await asyncio.gather(
+            *(
+                (store if n % 2 else other).notifications.claim(
+                    "slack", lease=timedelta(minutes=1), limit=7
+                )
+                for n in range(12)
+            )
+        )
+    finally:
+        await other.close()
+    ids = [n.id for batch in claims for n in batch]
+    assert len(ids) == len(set(ids)) == 40
