@@ -97,3 +97,28 @@ async def purge(settings: GatewaySettings, older_than: timedelta) -> int:
         f"{notifications} delivered notifications"
     )
     return 0
+
+
+async def migrate(settings: GatewaySettings) -> int:
+    """``goodbot migrate``: bring the gateway's tables to the newest migration and exit.
+
+    The step a deployment runs before starting replicas with ``database.migrate_on_start``
+    off (the Kubernetes Job in ``deploy/k8s``); concurrent runs queue on an advisory lock.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sessions.db import create_engine, current_revision
+    from sessions.db import migrate as upgrade
+
+    engine = create_engine(database_url(settings), settings.database.schema_name)
+    try:
+        await upgrade(engine)
+        revision = await current_revision(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"goodbot: migration failed: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    print(f"gateway schema is up to date (revision {revision})")
+    return 0

@@ -1,6 +1,7 @@
 """goodbot command line: the console script every subcommand starts from (gateway).
 
 ``serve`` runs the gateway (and, without configuration, the embedded demo control plane);
+``migrate`` applies the gateway's database migrations (a step of its own for replicas);
 ``mcp`` serves its tools to MCP clients over stdio or streamable HTTP;
 ``ask``, ``chat``, ``confirm``, ``deny`` and ``notifications`` talk to a running gateway over
 HTTP; ``policy explain``, ``audit verify|export`` and ``sessions purge`` work on the local
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _local_args(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
+
+    migrate = sub.add_parser("migrate", help="apply the gateway's database migrations and exit")
+    _local_args(migrate)
 
     ask = sub.add_parser("ask", help="one turn: ask and print the answer")
     ask.add_argument("text", help="what to ask")
@@ -196,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(mcp_serve.serve_http(settings, args.host, args.port))
         from gateway import admin
 
+        if args.command == "migrate":
+            return asyncio.run(admin.migrate(settings))
         if args.command == "policy":
             return admin.explain(settings, args.principal, args.tool, args.channel, args.scope)
         if args.command == "audit" and args.audit_command == "verify":

@@ -124,6 +124,19 @@ async def migrate(engine: AsyncEngine) -> None:
         await connection.run_sync(_upgrade)
 
 
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The gateway's migration revision in the database, None before the first migration."""
+
+    def read(connection: Connection) -> str | None:
+        from alembic.migration import MigrationContext
+
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
 def conflict_insert(conn: AsyncConnection, table: Table) -> pg.Insert | sqlite.Insert:
     """An INSERT for ``table`` in the connection's dialect, which offers ``ON CONFLICT``."""
     if conn.dialect.name == "postgresql":
