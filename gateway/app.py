@@ -157,6 +157,7 @@ async def build_gateway(
         notifications=notifications,
         graph=graph,
         shared_rate=shared_rate,
+        link_hosts=tuple(settings.model.link_hosts),
     )
     return Gateway(
         settings,

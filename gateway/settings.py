@@ -89,6 +89,9 @@ class ModelSettings(Section):
     """A file holding the key."""
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Longest one model call may take."""
+    link_hosts: list[str] = []
+    """Hosts (and their subdomains) a model-written reply may link to; other links are
+    removed, so a model that obeyed a hostile tool result cannot send data out in a link."""
 
     @model_validator(mode="after")
     def _openai_needs_endpoint(self) -> ModelSettings:

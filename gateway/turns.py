@@ -36,6 +36,8 @@ from gateway.metrics import Metrics
 from policy.engine import Decision, Policy, PrincipalRef
 from policy.guard import PolicyGuard
 from policy.limits import RateLimiter, SharedRate, check_size, rate_decision
+
+from policy.links import guard_links
 from policy.loader import PolicySource
 from policy.model import CHANNELS, Channel
 from policy.redact import redact
@@ -70,6 +72,7 @@ class TurnService:
         clock: Callable[[], float] = time.monotonic,
         graph: GraphClient | None = None,
         shared_rate: SharedRate | None = None,
+        link_hosts: tuple[str, ...] = (),
     ) -> None:
         """Args:
         policy: The policy file in force (reloaded by the app's watcher).
@@ -83,7 +86,9 @@ class TurnService:
         shared_rate: A rate limiter every replica shares (``sessions.ratelimit`` on
             PostgreSQL): ``take(key, per_minute)`` is None or the seconds to wait. Without
             one the limit is this process's own.
+        link_hosts: Hosts a model-written reply may link to (``policy.links``).
         """
+        self.link_hosts = link_hosts
         self.graph = graph
         self.policy = policy
         self.store = store
@@ -259,6 +264,10 @@ class TurnService:
         tool_audit: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> TurnReport:
         reply = redact(result.reply).text
+        removed: tuple[str, ...] = ()
+        if result.route not in ("rules", "command"):  # the model wrote it
+            guarded = guard_links(reply, self.link_hosts)
+            reply, removed = guarded.text, guarded.removed
         calls = [
             {
                 "call_id": o.call_id,
@@ -287,6 +296,7 @@ class TurnService:
                 "tools": [{"name": c["name"], "status": c["status"]} for c in calls],
                 "confirmation_id": result.confirmation.id if result.confirmation else None,
                 "text": reply,
+                "links_removed": list(removed),
             },
         )
         return TurnReport(

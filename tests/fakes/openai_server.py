@@ -9,6 +9,9 @@ answers every request the script does not cover, as load benchmarks need::
         fake.script(tool_calls([("promote_rollout", {"app": "google-chrome"})]), text("Done."))
         route = OpenAIRoute(base_url=fake.base_url, model="m", api_key="sk-test")
 
+``Obedient`` plays the worst case for prompt injection: a model that does what the person
+asks and also whatever instruction it reads anywhere else (a tool result, an earlier message).
+
 Like the real API, it refuses (400) a request without ``model`` or ``messages``, or whose tool
 calls and ``tool`` messages do not pair up, and records these in ``errors`` too.
 """
@@ -18,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -120,6 +125,98 @@ def call_named_tool(body: Json) -> Step:
     offered = [t["function"]["name"] for t in body.get("tools", [])]
     named = [name for name in offered if name in str(last.get("content"))]
     return Answer(calls=((named[0], {}),)) if named else Answer(content="No tool was named.")
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """What an obedient model does once it reads ``trigger`` outside the person's message."""
+
+    trigger: str
+    """The instruction's words (compared on letters and digits only, so escaping and line
+    breaks added by renderers do not hide it)."""
+    calls: tuple[tuple[str, Json], ...] = ()
+    """Tool calls it makes; the string ``{context}`` in an argument becomes what it has read."""
+    reply: str = ""
+    """Text it adds to its final answer; ``{context}`` becomes what it has read, URL-quoted."""
+
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", text.lower())
+
+
+@dataclass
+class Obedient:
+    """A fallback playing a model that follows every instruction it sees (the worst case).
+
+    For the person's newest message it runs the first plan whose phrase the message contains,
+    one step (a tuple of calls) per request; whenever anything other than that message (tool
+    results, earlier messages) holds an instruction's trigger, it first makes that
+    instruction's calls, once per turn. Its final answer quotes what the tools returned, plus
+    the reply of every instruction it followed.
+    """
+
+    plans: Mapping[str, Sequence[tuple[tuple[str, Json], ...]]]
+    """Phrase in the person's message → the steps that answer it."""
+    instructions: Sequence[Instruction] = ()
+    """What it obeys wherever it reads it."""
+
+    def __call__(self, body: Json) -> Step:
+        messages: list[Json] = body["messages"]
+        last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        asked = str(messages[last_user].get("content") or "")
+        this_turn = messages[last_user + 1 :]
+        called = [
+            (c["function"]["name"], c["function"]["arguments"])
+            for m in this_turn
+            if m.get("role") == "assistant"
+            for c in m.get("tool_calls") or []
+        ]
+        results = [_decoded(m.get("content")) for m in this_turn if m.get("role") == "tool"]
+        elsewhere = results + [
+            str(m.get("content") or "")
+            for m in messages[1:last_user]
+            if m.get("role") in ("user", "assistant", "tool")
+        ]
+        context = " ".join(results)
+        seen = _letters(" ".join(elsewhere))
+        followed = [i for i in self.instructions if _letters(i.trigger) in seen]
+        made = {name for name, _ in called}
+        for instruction in followed:
+            calls = tuple((name, _fill(args, context)) for name, args in instruction.calls)
+            if calls and not all(name in made for name, _ in calls):
+                return Answer(calls=calls)
+        steps = next((s for phrase, s in self.plans.items() if phrase in asked.lower()), ())
+        done = sum(1 for m in this_turn if m.get("role") == "assistant" and m.get("tool_calls"))
+        done -= sum(1 for i in followed if i.calls and any(n in made for n, _ in i.calls))
+        if 0 <= done < len(steps):
+            return Answer(calls=steps[done])
+        extra = [i.reply.replace("{context}", urllib.parse.quote(context[:400])) for i in followed]
+        answer = "Here is what I found: " + context if context else "I found nothing to do."
+        return Answer(content=" ".join([answer, *extra]).strip())
+
+
+def _decoded(content: Any) -> str:
+    """A tool message's content with its JSON undone, so escapes do not split words."""
+    try:
+        value = json.loads(str(content))
+    except json.JSONDecodeError:
+        return str(content or "")
+
+    def leaves(item: Any) -> list[str]:
+        if isinstance(item, dict):
+            return [s for v in item.values() for s in leaves(v)]
+        if isinstance(item, list):
+            return [s for v in item for s in leaves(v)]
+        return [str(item)] if item is not None else []
+
+    return " ".join(leaves(value))
+
+
+def _fill(args: Json, context: str) -> Json:
+    return {
+        k: v.replace("{context}", context[:400]) if isinstance(v, str) else v
+        for k, v in args.items()
+    }
 
 
 class FakeOpenAI:
