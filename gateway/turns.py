@@ -36,7 +36,6 @@ from gateway.metrics import Metrics
 from policy.engine import Decision, Policy, PrincipalRef
 from policy.guard import PolicyGuard
 from policy.limits import RateLimiter, SharedRate, check_size, rate_decision
-
 from policy.links import guard_links
 from policy.loader import PolicySource
 from policy.model import CHANNELS, Channel
