@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
@@ -194,6 +195,8 @@ class SlackChannel:
     """The Web API's base URL (``…/api/``); None is Slack's."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Turns and decisions running after their acknowledgement."""
+    socket: AsyncSocketModeHandler | None = None
+    """The Socket Mode connection, when started."""
 
     def __post_init__(self) -> None:
         kwargs: dict[str, Any] = {"token": self.bot_token, "retry_handlers": retry_handlers()}
@@ -213,6 +216,15 @@ class SlackChannel:
         self.bolt.command("/goodbot")(self._on_command)
         self.bolt.action(re.compile(f"^({CONFIRM}|{DENY})$"))(self._on_action)
 
+    async def start_socket_mode(self, app_token: str) -> None:
+        """Receive over Socket Mode too: Slack's WebSocket, opened with the app-level token.
+
+        The same listeners run; Slack authenticates the connection instead of signing each
+        request, so no ``/slack/events`` route is needed. ``close`` disconnects.
+        """
+        self.socket = AsyncSocketModeHandler(self.bolt, app_token, logger=log)
+        await self.socket.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it untyped
+
     def routes(self) -> list[web.RouteDef]:
         """The channel's route, to add to the gateway's application."""
         return [web.post("/slack/events", self.events)]
@@ -225,6 +237,9 @@ class SlackChannel:
 
     async def close(self) -> None:
         """Cancel the work still running (admitted turns are recovered at the next start)."""
+        if self.socket is not None:
+            await self.socket.close_async()  # type: ignore[no-untyped-call]
+            self.socket = None
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):

@@ -226,17 +226,29 @@ def build_app(gateway: Gateway) -> web.Application:
 
 
 def _add_slack(app: web.Application, gateway: Gateway) -> None:
-    """Serve the Slack channel at ``/slack/events`` (only when its secrets are configured)."""
+    """The Slack channel: ``/slack/events`` when a signing secret is set, Socket Mode if asked."""
     from channels.slack import SlackChannel
 
     settings = gateway.settings
     signing_secret = settings.secret("slack", "signing_secret")
     bot_token = settings.secret("slack", "bot_token")
-    assert signing_secret is not None and bot_token is not None
-    slack = SlackChannel(gateway.turns, signing_secret, bot_token, settings.slack.api_base_url)
-    app.router.add_routes(slack.routes())
+    assert bot_token is not None
+    slack = SlackChannel(
+        gateway.turns, signing_secret or "", bot_token, settings.slack.api_base_url
+    )
+    if signing_secret is not None:
+        app.router.add_routes(slack.routes())
     if gateway.delivery is not None:
         gateway.delivery.register(slack)
+    if settings.slack.socket_mode:
+        app_token = settings.secret("slack", "app_token")
+        assert app_token is not None
+
+        async def socket_mode(_: web.Application) -> AsyncIterator[None]:
+            await slack.start_socket_mode(app_token)
+            yield
+
+        app.cleanup_ctx.append(socket_mode)
 
     async def close_slack(_: web.Application) -> None:
         await slack.close()

@@ -24,6 +24,7 @@ SECRET_KEYS: Final = (
     ("model", "api_key"),
     ("slack", "signing_secret"),
     ("slack", "bot_token"),
+    ("slack", "app_token"),
     ("graph", "client_secret"),
 )
 """Settings that hold secrets: refused in the YAML file, read from the environment or a file."""
@@ -120,12 +121,35 @@ class SlackSettings(Section):
     """A file holding the bot token."""
     api_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
     """The Web API's base URL; None is Slack's own (tests point it at a loopback server)."""
+    socket_mode: bool = False
+    """Receive over Socket Mode (an outbound WebSocket, for a gateway Slack cannot reach);
+    needs ``app_token``. ``/slack/events`` is then served only if a signing secret is set too."""
+    app_token: SecretStr | None = None
+    """The app-level ``xapp-`` token with ``connections:write``, for Socket Mode (environment:
+    ``GOODBOT_SLACK__APP_TOKEN``)."""
+    app_token_file: Path | None = None
+    """A file holding the app-level token."""
+
+    @property
+    def has_signing_secret(self) -> bool:
+        """A signing secret is set, so ``/slack/events`` can verify requests."""
+        return self.signing_secret is not None or self.signing_secret_file is not None
 
     @property
     def enabled(self) -> bool:
-        """Both secrets are set, so the Slack channel is served."""
-        has_secret = self.signing_secret is not None or self.signing_secret_file is not None
-        return has_secret and (self.bot_token is not None or self.bot_token_file is not None)
+        """The bot token and a way in (a signing secret, or Socket Mode's app token) are set."""
+        if self.bot_token is None and self.bot_token_file is None:
+            return False
+        socket = self.socket_mode and (
+            self.app_token is not None or self.app_token_file is not None
+        )
+        return self.has_signing_secret or socket
+
+    @model_validator(mode="after")
+    def _socket_needs_token(self) -> SlackSettings:
+        if self.socket_mode and self.app_token is None and self.app_token_file is None:
+            raise ValueError("slack.socket_mode needs slack.app_token (GOODBOT_SLACK__APP_TOKEN)")
+        return self
 
 
 class GraphSettings(Section):
@@ -213,16 +237,18 @@ class GatewaySettings(BaseSettings):
     def secret(
         self,
         section: Literal["controlplane", "model", "slack"],
-        key: Literal["signing_secret", "bot_token"] = "bot_token",
+        key: Literal["signing_secret", "bot_token", "app_token"] = "bot_token",
     ) -> str | None:
         """A secret's value, from the environment or its file (read when asked).
 
-        ``key`` chooses among a section's secrets (only ``slack`` has two).
+        ``key`` chooses among a section's secrets (only ``slack`` has several).
         """
         if section == "controlplane":
             value, path = self.controlplane.token, self.controlplane.token_file
         elif section == "slack" and key == "signing_secret":
             value, path = self.slack.signing_secret, self.slack.signing_secret_file
+        elif section == "slack" and key == "app_token":
+            value, path = self.slack.app_token, self.slack.app_token_file
         elif section == "slack":
             value, path = self.slack.bot_token, self.slack.bot_token_file
         else:
@@ -277,7 +303,7 @@ def load(path: Path | None) -> GatewaySettings:
         secret_file = getattr(getattr(settings, section), file_key)
         if secret_file is not None and not Path(secret_file).is_file():
             raise ConfigError(f"{section}.{file_key}", f"no such file: {secret_file}")
-    for file_key in ("signing_secret_file", "bot_token_file"):
+    for file_key in ("signing_secret_file", "bot_token_file", "app_token_file"):
         secret_file = getattr(settings.slack, file_key)
         if secret_file is not None and not Path(secret_file).is_file():
             raise ConfigError(f"slack.{file_key}", f"no such file: {secret_file}")

@@ -20,7 +20,7 @@ from gateway.settings import NotificationSettings, SlackSettings
 from tests.demo import DemoControlPlane
 from tests.e2e.harness import GatewayUnderTest, running_gateway
 from tests.e2e.test_cli_confirmations import cp_rollout
-from tests.fakes.slack_api import TEAM, FakeSlack, fake_slack
+from tests.fakes.slack_api import APP_TOKEN, TEAM, FakeSlack, fake_slack
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 ANA, SAM = "UANA0001", "USAM0001"
@@ -356,3 +356,44 @@ async def test_notifications_arrive_as_direct_messages_despite_throttling(
         assert await gw.gateway.store.notifications.waiting("ana", "slack") == []
         # sam (a viewer, not a CAB approver) is not told about approvals.
         assert [p for p in slack_api.of("chat.postMessage") if p["channel"] == SAM] == []
+
+
+async def test_socket_mode_runs_the_same_turns_and_confirmations(
+    demo_cp: DemoControlPlane, tmp_path: Path, slack_api: FakeSlack
+) -> None:
+    data = tmp_path / "gw"
+    slack_policy(data)
+    # No signing secret: nothing is served over HTTP, everything arrives on the socket.
+    slack = SlackSettings.model_validate(
+        {
+            "bot_token": "xoxb-test",
+            "api_base_url": slack_api.url,
+            "socket_mode": True,
+            "app_token": APP_TOKEN,
+        }
+    )
+    async with running_gateway(data, demo_cp.url, demo_cp.gateway_token, slack=slack) as gw:
+        await asyncio.wait_for(slack_api.connected.wait(), 15)
+        assert await deliver(gw, event("what is pending my approval?")) == 404
+        body = json.loads(event("promote google-chrome to pilot", event_id="EvSock1"))
+        envelope = await slack_api.push("events_api", body)
+        await until(lambda: [a for a in slack_api.acks if a["envelope_id"] == envelope])
+        # A redelivery of the same event (Slack saw no ack in time) runs nothing more.
+        await slack_api.push("events_api", body, retry_attempt=1)
+        (posted,) = await until(lambda: slack_api.of("chat.postMessage"))
+        assert any(b.get("block_id") == "goodbot_actions" for b in posted["blocks"])
+        message = {"channel": "D0000ANA", "ts": "1700000002.000100", "blocks": posted["blocks"]}
+        action = json.loads(urllib.parse.parse_qs(click(message, ANA))["payload"][0])
+        await slack_api.push("interactive", action)
+        (updated,) = await until(lambda: slack_api.of("chat.update"))
+        assert "Confirmed by" in updated["text"]
+        assert cp_rollout(demo_cp, "google-chrome")["ring"] == 2
+        await asyncio.sleep(0.3)
+        assert len(slack_api.of("chat.postMessage")) == 1
+
+
+def test_socket_mode_needs_the_app_token() -> None:
+    with pytest.raises(ValueError, match=r"needs slack\.app_token"):
+        SlackSettings.model_validate({"bot_token": "xoxb-test", "socket_mode": True})
+    settings = SlackSettings.model_validate({"bot_token": "xoxb-test"})
+    assert not settings.enabled
