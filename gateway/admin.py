@@ -122,3 +122,27 @@ async def migrate(settings: GatewaySettings) -> int:
         await engine.dispose()
     print(f"gateway schema is up to date (revision {revision})")
     return 0
+
+
+def demo_init(settings: GatewaySettings, controlplane_tokens: Path | None) -> int:
+    """``goodbot policy demo``: write the demo policy and tokens into the data directory.
+
+    What ``goodbot serve`` writes at its first start with the embedded control plane, for
+    replicas that share one policy (compose, a volume). With ``--controlplane-tokens`` (the
+    demo control plane's ``demo-tokens.json``) the gateway's credential is also written to
+    ``DATA_DIR/controlplane-token`` for ``controlplane.token_file``. Never overwrites.
+    """
+    import json
+
+    from gateway.bootstrap import demo_policy, write_secret
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = demo_policy(settings.data_dir)
+    print(f"policy: {path}")
+    if controlplane_tokens is not None:
+        target = settings.data_dir / "controlplane-token"
+        if not target.exists():
+            tokens = json.loads(controlplane_tokens.read_text())["tokens"]
+            write_secret(target, tokens["goodbot-gateway"]["token"])
+        print(f"controlplane token file: {target}")
+    return 0

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="the policy file")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    demo = policy_sub.add_parser("demo", help="write the demo policy and tokens (for replicas)")
+    _local_args(demo)
+    demo.add_argument(
+        "--controlplane-tokens", type=Path, help="the demo control plane's demo-tokens.json"
+    )
     explain = policy_sub.add_parser("explain", help="which rule decides a tool for a principal")
     _local_args(explain)
     explain.add_argument("--principal", required=True)
@@ -202,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "migrate":
             return asyncio.run(admin.migrate(settings))
+        if args.command == "policy" and args.policy_command == "demo":
+            return admin.demo_init(settings, args.controlplane_tokens)
         if args.command == "policy":
             return admin.explain(settings, args.principal, args.tool, args.channel, args.scope)
         if args.command == "audit" and args.audit_command == "verify":
