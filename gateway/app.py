@@ -29,6 +29,7 @@ from channels.cli import CliChannel
 from gateway.delivery import Delivery
 from gateway.leases import Leases
 from gateway.metrics import Metrics
+from gateway.observability import correlation_middleware, echo_correlation
 from gateway.settings import GatewaySettings
 from gateway.turns import TurnService
 from policy.loader import PolicySource
@@ -213,7 +214,8 @@ async def close_gateway(gateway: Gateway) -> None:
 
 def build_app(gateway: Gateway) -> web.Application:
     """The aiohttp application serving the channels and the health endpoints."""
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[correlation_middleware])
+    app.on_response_prepare.append(echo_correlation)
     app[GATEWAY] = gateway
     app.router.add_routes(CliChannel(gateway.turns).routes())
     if gateway.settings.slack.enabled:
@@ -297,8 +299,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    body = request.app[GATEWAY].metrics.render()
+    """Prometheus text exposition; queue depths are read from the database at each scrape."""
+    gateway = request.app[GATEWAY]
+    try:
+        async with asyncio.timeout(2):
+            for queue, depth in (await gateway.store.queue_depths()).items():
+                gateway.metrics.queue_depth.labels(queue).set(depth)
+    except Exception as exc:  # the other series still matter when the database does not answer
+        log.warning("queue depth unavailable", extra={"error": type(exc).__name__})
+    body = gateway.metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

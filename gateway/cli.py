@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
+from gateway.observability import configure_logging
 from gateway.settings import ConfigError, GatewaySettings, describe, load
 
 
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="goodbot", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("GOODBOT_LOG_FORMAT", "text"),
+        help="text, or one JSON object per line with the correlation id ($GOODBOT_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (and the demo control plane)")
@@ -182,7 +188,7 @@ def _client(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``goodbot``; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    configure_logging(args.log_level, args.log_format)
     if args.command == "controlplane":
         from controlplane import cli as controlplane_cli
 

@@ -68,6 +68,12 @@ class Metrics:
             registry=r,
         )
 
+        self.queue_depth = Gauge(
+            "goodbot_queue_depth",
+            "Work waiting in the shared database, read at each scrape",
+            ["queue"],
+            registry=r,
+        )
         self.duty_held = Gauge(
             "goodbot_duty_lease_held",
             "1 while this replica holds the background duty's lease",

@@ -33,6 +33,7 @@ from channels.base import (
     TurnReport,
 )
 from gateway.metrics import Metrics
+from gateway.observability import new_request_id
 from policy.engine import Decision, Policy, PrincipalRef
 from policy.guard import PolicyGuard
 from policy.limits import RateLimiter, SharedRate, check_size, rate_decision
@@ -132,7 +133,11 @@ class TurnService:
             raise RefusedError(400, "bad_channel", f"unknown channel {channel!r}")
         chan = channel
         ref = policy.resolve(chan, message.identity)
-        meta = {"event_id": message.event_id[:200], "bytes": len(message.text.encode())}
+        meta = {
+            "event_id": message.event_id[:200],
+            "bytes": len(message.text.encode()),
+            "request_id": new_request_id(),
+        }
         if ref is None:
             await self._refuse(None, channel, "default:unknown-sender", "unknown sender", meta)
             raise RefusedError(403, "unknown_sender", "the sender is not a known principal")
@@ -218,7 +223,7 @@ class TurnService:
         msg, sender = admission.message, admission.sender
         policy = self.policy.current
         ref = policy.principal(sender.principal)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         # No separate "processing" mark: an unfinished message is re-run after a crash either
         # way, and the mark would cost a write transaction on every turn.
         if ref is None:  # removed from the policy since admission
@@ -329,7 +334,7 @@ class TurnService:
             raise RefusedError(401, "unauthorized", "the sender is not a known principal")
         found = await self.store.confirmation(confirmation_id)
         conversation = found.conversation_id if found is not None else ""
-        ctx = self._context(policy, ref, chan, conversation, uuid.uuid4().hex)
+        ctx = self._context(policy, ref, chan, conversation, new_request_id())
         decided, executed = await decide_confirmation(
             self.loop.executor, ctx, confirmation_id, decision, arguments_hash
         )
@@ -422,7 +427,7 @@ class TurnService:
         ref = policy.principal(principal)
         if ref is None:
             return None
-        return self._context(policy, ref, channel, conversation_id, uuid.uuid4().hex)
+        return self._context(policy, ref, channel, conversation_id, new_request_id())
 
     # Recovery after a crash.
 
@@ -473,7 +478,7 @@ class TurnService:
             )
             return
         chan = cast(Channel, confirmation.channel)  # stored from an admitted turn
-        ctx = self._context(policy, ref, chan, confirmation.conversation_id, uuid.uuid4().hex)
+        ctx = self._context(policy, ref, chan, confirmation.conversation_id, new_request_id())
         outcome = await self.loop.executor.execute(ctx, confirmation)
         log.info(
             "resumed a confirmed action after restart",

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sessions import audit as chain
@@ -25,6 +25,7 @@ from sessions.group_commit import GroupCommit
 from sessions.notifications import NotificationOutbox
 from sessions.results import (
     IN_FLIGHT,
+    UNFINISHED,
     Admitted,
     AuditCheck,
     AuditEntry,
@@ -259,6 +260,23 @@ class SessionStore:
         """
         async with self.db.reading() as conn:
             return await messages.pending(conn, limit, before)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """What is waiting, database-wide: unanswered inbound messages, pending
+        confirmations and undelivered notifications (for the ``queue depth`` gauge)."""
+        from sessions.notifications import TABLE as NOTIFICATIONS
+
+        inbox = select(func.count()).where(
+            messages.MESSAGES.c.direction == "in", messages.MESSAGES.c.status.in_(UNFINISHED)
+        )
+        pending = select(func.count()).where(_C.state == "pending")
+        undelivered = select(func.count()).where(NOTIFICATIONS.c.delivered_at.is_(None))
+        async with self.db.reading() as conn:
+            return {
+                "inbox": int((await conn.execute(inbox)).scalar_one()),
+                "confirmations_pending": int((await conn.execute(pending)).scalar_one()),
+                "notifications_undelivered": int((await conn.execute(undelivered)).scalar_one()),
+            }
 
     async def history(self, conversation_id: str, limit: int = 20) -> list[StoredMessage]:
         """The newest ``limit`` messages of a conversation, both directions, oldest first."""
