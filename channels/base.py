@@ -129,6 +129,17 @@ class Turns(Protocol):
         """The principal owning ``identity`` on ``channel``, or None (unknown sender)."""
         ...
 
+    def sign_in_wait(self, channel: str, source: str) -> int:
+        """Seconds ``source`` (a client address) must wait after too many failed sign-ins."""
+        ...
+
+    async def sign_in_failed(
+        self, channel: str, source: str, reason: str, *, block: bool = True
+    ) -> None:
+        """Count (and audit, bounded) a failed sign-in from ``source``; ``block`` False for a
+        channel that never refuses by address (only counted and audited)."""
+        ...
+
     async def admit(self, message: InboundMessage) -> Admission:
         """Check and store a message; raise ``RefusedError`` with nothing stored."""
         ...

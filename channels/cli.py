@@ -13,7 +13,10 @@ The protocol (the client is ``channels.terminal``)::
     GET  /cli/v1/whoami               principal, roles, tools
 
 The token's identity is ``sha256:<hex of the token>``, the form the policy file lists, so the
-token itself is never stored. A client that disconnects mid-turn does not cancel it: the
+token itself is never stored. Failed sign-ins are counted per client address: after ten in a
+minute the address gets 429 on every request, right token or wrong, for five minutes
+(``policy.limits.FailureLimiter``); the first failure of a window and the block are audited
+(``auth.refused``, ``auth.blocked``). A client that disconnects mid-turn does not cancel it: the
 message was accepted, so the turn finishes and its reply is stored.
 """
 
@@ -63,6 +66,12 @@ def error(status: int, code: str, message: str, **headers: str) -> web.Response:
     )
 
 
+def refused(exc: RefusedError) -> web.Response:
+    """A refusal in the channel's error shape, with ``Retry-After`` when it has a wait."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+    return error(exc.status, exc.code, exc.message, **headers)
+
+
 @dataclass
 class CliChannel:
     """The CLI channel's routes over a ``Turns`` implementation."""
@@ -79,17 +88,28 @@ class CliChannel:
             web.get("/cli/v1/whoami", self.whoami),
         ]
 
-    def _sender(self, request: web.Request) -> tuple[str, Sender]:
+    async def _sender(self, request: web.Request) -> tuple[str, Sender]:
+        source = request.remote or "unknown"
+        wait = self.turns.sign_in_wait(CHANNEL, source)
+        if wait:
+            raise RefusedError(
+                429,
+                "too_many_failures",
+                f"too many failed sign-ins from this address; try again in {wait} s",
+                retry_after=wait,
+            )
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            await self.turns.sign_in_failed(CHANNEL, source, "no bearer token")
             raise RefusedError(401, "unauthorized", "a bearer token is required")
         identity = identity_of(token.strip())
         sender = self.turns.sender(CHANNEL, identity)
         if sender is None:
-            # Not audited per attempt: an unauthenticated caller must not be able to fill the
-            # audit chain. Logged without the token.
-            log.info("refused an unknown CLI token", extra={"remote": request.remote})
+            # Audited once per source and window (and when blocked), so an unauthenticated
+            # caller cannot fill the audit chain. Logged without the token.
+            log.info("refused an unknown CLI token", extra={"remote": source})
+            await self.turns.sign_in_failed(CHANNEL, source, "unknown token")
             raise RefusedError(401, "unauthorized", "the token is not valid")
         return identity, sender
 
@@ -110,13 +130,12 @@ class CliChannel:
     async def turn(self, request: web.Request) -> web.StreamResponse:
         """``POST /cli/v1/turns``: admit, then stream the turn as NDJSON."""
         try:
-            identity, sender = self._sender(request)
+            identity, sender = await self._sender(request)
             body = await self._json(request)
             message = _message(body, identity, sender)
             admission = await self.turns.admit(message)
         except RefusedError as exc:
-            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
-            return error(exc.status, exc.code, exc.message, **headers)
+            return refused(exc)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
 
@@ -149,7 +168,7 @@ class CliChannel:
     async def decide(self, request: web.Request) -> web.Response:
         """``POST /cli/v1/confirmations/{id}``: confirm or deny, and run it once if confirmed."""
         try:
-            identity, _ = self._sender(request)
+            identity, _ = await self._sender(request)
             body = await self._json(request)
             decision = body.get("decision")
             if decision not in ("confirm", "deny"):
@@ -164,7 +183,7 @@ class CliChannel:
                 CHANNEL, identity, request.match_info["id"], decision, hashed
             )
         except RefusedError as exc:
-            return error(exc.status, exc.code, exc.message)
+            return refused(exc)
         payload = {
             "outcome": report.outcome,
             "reason": report.reason,
@@ -177,27 +196,27 @@ class CliChannel:
     async def confirmations(self, request: web.Request) -> web.Response:
         """``GET /cli/v1/confirmations``: my pending confirmations."""
         try:
-            _, sender = self._sender(request)
+            _, sender = await self._sender(request)
         except RefusedError as exc:
-            return error(exc.status, exc.code, exc.message)
+            return refused(exc)
         items = await self.turns.pending_confirmations(sender)
         return web.json_response({"items": items}, dumps=_dumps)
 
     async def notifications(self, request: web.Request) -> web.Response:
         """``GET /cli/v1/notifications``: my notifications, marked delivered."""
         try:
-            _, sender = self._sender(request)
+            _, sender = await self._sender(request)
         except RefusedError as exc:
-            return error(exc.status, exc.code, exc.message)
+            return refused(exc)
         items = await self.turns.take_notifications(sender, CHANNEL)
         return web.json_response({"items": items}, dumps=_dumps)
 
     async def whoami(self, request: web.Request) -> web.Response:
         """``GET /cli/v1/whoami``."""
         try:
-            _, sender = self._sender(request)
+            _, sender = await self._sender(request)
         except RefusedError as exc:
-            return error(exc.status, exc.code, exc.message)
+            return refused(exc)
         return web.json_response(self.turns.whoami(sender, CHANNEL), dumps=_dumps)
 
 

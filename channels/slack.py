@@ -3,7 +3,8 @@
 One route, ``POST /slack/events``, on the gateway's aiohttp application carries everything
 Slack sends. Bolt verifies each request's signature (HMAC-SHA256 of ``v0:{ts}:{body}`` with the
 signing secret, timestamps within five minutes) before any listener runs, so a forged,
-stale or tampered request gets 401 and nothing is admitted or audited.
+stale or tampered request gets 401 and nothing is admitted; the refusal is audited
+(``auth.refused``, once per source address and minute).
 
 Slack wants an answer within three seconds and retries otherwise (``X-Slack-Retry-Num``), so a
 listener admits the message first (stored durably, de-duplicated by the event id), answers,
@@ -41,6 +42,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -230,10 +232,20 @@ class SlackChannel:
         return [web.post("/slack/events", self.events)]
 
     async def events(self, request: web.Request) -> web.Response:
-        """``POST /slack/events``: verified and dispatched by bolt."""
-        return await to_aiohttp_response(
-            await self.bolt.async_dispatch(await to_bolt_request(request))
-        )
+        """``POST /slack/events``: verified and dispatched by bolt; a request that fails
+        verification (401) is audited, bounded per source (``Turns.sign_in_failed``)."""
+        stamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if stamp and not stamp.isdecimal():
+            # slack_sdk's verifier raises on a timestamp that is not a number (bolt: 500).
+            response = BoltResponse(status=401, body='{"error":"invalid request"}')
+        else:
+            response = await self.bolt.async_dispatch(await to_bolt_request(request))
+        if response.status == 401:
+            # Counted and audited, never blocked: behind a proxy every request, Slack's own
+            # included, comes from one address.
+            source = request.remote or "unknown"
+            await self.turns.sign_in_failed(CHANNEL, source, "signature not verified", block=False)
+        return await to_aiohttp_response(response)
 
     async def close(self) -> None:
         """Cancel the work still running (admitted turns are recovered at the next start)."""

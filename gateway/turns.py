@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from gateway.metrics import Metrics
 from gateway.observability import new_request_id
 from policy.engine import Decision, Policy, PrincipalRef
 from policy.guard import PolicyGuard
-from policy.limits import RateLimiter, SharedRate, check_size, rate_decision
+from policy.limits import FailureLimiter, RateLimiter, SharedRate, check_size, rate_decision
 from policy.links import guard_links
 from policy.loader import PolicySource
 from policy.model import CHANNELS, Channel
@@ -89,6 +90,7 @@ class TurnService:
         link_hosts: Hosts a model-written reply may link to (``policy.links``).
         """
         self.link_hosts = link_hosts
+        self.sign_in_failures = FailureLimiter()
         self.graph = graph
         self.policy = policy
         self.store = store
@@ -109,6 +111,30 @@ class TurnService:
             return None
         ref = self.policy.current.resolve(channel, identity)
         return None if ref is None else Sender(ref.name, ref.roles)
+
+    def sign_in_wait(self, channel: str, source: str) -> int:
+        """Seconds ``source`` must wait after too many failed sign-ins on ``channel`` (0: none)."""
+        wait = self.sign_in_failures.wait(f"{channel}:{source}", self.clock())
+        return math.ceil(wait) if wait else 0
+
+    async def sign_in_failed(
+        self, channel: str, source: str, reason: str, *, block: bool = True
+    ) -> None:
+        """Count a failed sign-in from ``source``; audit the first of a window and a block.
+
+        Not every attempt is audited, so an unauthenticated caller cannot fill the audit chain:
+        at most two records per source and window (``auth.refused``, ``auth.blocked``).
+        """
+        key = f"{channel}:{source}"
+        first, blocked = self.sign_in_failures.fail(key, self.clock())
+        self.metrics.messages.labels(channel, "refused").inc()
+        data: dict[str, Any] = {"source": source[:100], "reason": reason}
+        if first:
+            await self.store.audit("auth.refused", None, channel, None, data)
+        if blocked and block:
+            limiter = self.sign_in_failures
+            data |= {"failures": limiter.max_failures, "blocked_seconds": limiter.block}
+            await self.store.audit("auth.blocked", None, channel, None, data)
 
     def whoami(self, sender: Sender, channel: str) -> dict[str, Any]:
         """Principal, roles, channel and the tools the sender may use there."""

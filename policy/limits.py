@@ -59,3 +59,40 @@ class RateLimiter:
             return Decision(True, "within the message rate", "limits.rate")
         self._buckets[principal] = (tokens, now)
         return rate_decision(per_minute, (1.0 - tokens) / rate)
+
+
+@dataclass
+class FailureLimiter:
+    """Failed sign-ins per source (channel and client address): after ``max_failures`` within
+    ``window`` seconds the source is refused every request, right or wrong, for ``block``
+    seconds, so guessing tokens is slow and a right guess looks like a wrong one."""
+
+    max_failures: int = 10
+    window: float = 60.0
+    block: float = 300.0
+    _failures: dict[str, list[float]] = field(default_factory=dict)
+    _blocked: dict[str, float] = field(default_factory=dict)
+
+    def wait(self, source: str, now: float) -> float:
+        """Seconds ``source`` must still wait (0 when it may try)."""
+        until = self._blocked.get(source)
+        if until is None:
+            return 0.0
+        if now >= until:
+            del self._blocked[source]
+            self._failures.pop(source, None)
+            return 0.0
+        return until - now
+
+    def fail(self, source: str, now: float) -> tuple[bool, bool]:
+        """Count a failure at ``now``: (first in its window, the source is now blocked)."""
+        recent = [t for t in self._failures.get(source, ()) if now - t < self.window]
+        first = not recent
+        recent.append(now)
+        self._failures[source] = recent
+        if len(self._failures) > 10_000:  # bound the memory an address sweep can take
+            self._failures = {k: v for k, v in self._failures.items() if now - v[-1] < self.window}
+        if len(recent) >= self.max_failures and source not in self._blocked:
+            self._blocked[source] = now + self.block
+            return first, True
+        return first, False
