@@ -166,6 +166,14 @@ def _booking(m: re.Match[str]) -> list[Args]:
     return [{"attendees": people, "subject": subject[:1].upper() + subject[1:], "day": day}]
 
 
+def _slots(m: re.Match[str]) -> list[Args]:
+    people = re.split(r",? and |, | & ", m["who"] or m["people"])
+    args: Args = {"attendees": people}
+    if m["day"]:
+        args["day"] = re.sub(r"^(?:this|on) ", "", m["day"].lower())
+    return [args]
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One way of asking for one tool."""
@@ -480,6 +488,26 @@ RULES: Final[tuple[Rule, ...]] = (
         _booking,
         "book a CAB review with ana and li next tuesday",
         "schedule a release sync with li@contoso.com, omar and sam tomorrow",
+    ),
+    # Calendars: common free times, and the CAB meetings coming up.
+    _rule(
+        "propose_slots",
+        r"(?:when can (?P<who>[\w.@+'-]+(?:(?:,? and |, | & )[\w.@+'-]+){0,19}) meet"
+        r"|(?:find|propose|suggest) (?:me )?(?:a |some )?(?:times?|slots?)(?: for a meeting)? "
+        r"with (?P<people>[\w.@+'-]+(?:(?:,? and |, | & )[\w.@+'-]+){0,19}))"
+        r"(?: (?:on |this )?(?P<day>today|tomorrow|(?:next )?(?:monday|tuesday|wednesday"
+        r"|thursday|friday)|\d{4}-\d{2}-\d{2}))?",
+        _slots,
+        "when can ana and li meet next tuesday?",
+        "find a slot with li, omar and sam tomorrow",
+    ),
+    _rule(
+        "list_cab_meetings",
+        r"{SHOW}{WHAT}(?:my |the )?(?:upcoming |next |coming )?cab (?:meetings?|reviews?)"
+        r"(?: coming up)?|when(?:'?s| is) (?:my |the )?next cab(?: meeting| review)?",
+        _no_args,
+        "list my CAB meetings",
+        "when is the next CAB meeting?",
     ),
     # Rollout status, of one app or of everything.
     _rule(

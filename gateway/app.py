@@ -38,6 +38,7 @@ from sessions.store import SessionStore
 from tools.controlplane import ControlPlaneClient
 from tools.executor import ToolExecutor
 from tools.graph import GraphClient
+from tools.graph_auth import ClientCertificate
 from tools.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -183,10 +184,13 @@ async def open_graph(settings: GatewaySettings) -> GraphClient | None:
     if not conf.enabled:
         return None
     assert conf.tenant_id is not None and conf.client_id is not None
+    credential: str | ClientCertificate = conf.secret() or ""
+    if conf.client_certificate_file is not None:
+        credential = ClientCertificate.load(conf.client_certificate_file)
     graph = GraphClient(
         conf.tenant_id,
         conf.client_id,
-        conf.secret() or "",
+        credential,
         authority_host=conf.authority_host,
         base_url=conf.base_url,
         ca_file=str(conf.ca_file) if conf.ca_file is not None else None,

@@ -28,12 +28,15 @@ ROLES: Final[dict[str, list[str]]] = {
     "operator": [*READS, "ring.promote", "ring.pause", "ring.resume", "ring.rollback"],
     "approver": ["approval.read", "approval.decide"],
     "auditor": [*READS, "events.read"],
+    # Calendars over Microsoft Graph (offered only with a graph section or --demo-graph): book
+    # meetings as oneself, with attendees in graph.allowed_domains.
+    "scheduler": ["calendar.read", "calendar.book"],
 }
 PRINCIPALS: Final[dict[str, list[str]]] = {
-    "ana": ["operator", "approver", "auditor"],
-    "li": ["approver", "auditor"],
-    "sam": ["operator"],
-    "priya": ["operator"],
+    "ana": ["operator", "approver", "auditor", "scheduler"],
+    "li": ["approver", "auditor", "scheduler"],
+    "sam": ["operator", "scheduler"],
+    "priya": ["operator", "scheduler"],
     "omar": ["viewer"],
     "vera": ["viewer"],
     "aud": ["auditor"],

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     _local_args(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
+    serve.add_argument(
+        "--demo-graph",
+        action="store_true",
+        help="also run a demo Microsoft Graph (calendars of the demo people) and use it",
+    )
 
     migrate = sub.add_parser("migrate", help="apply the gateway's database migrations and exit")
     _local_args(migrate)
@@ -202,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.serve import serve
 
-            return asyncio.run(serve(settings))
+            return asyncio.run(serve(settings, with_demo_graph=args.demo_graph))
         if args.command == "mcp":
             from gateway import mcp_serve
 

@@ -5,6 +5,10 @@ on SQLite in ``DATA_DIR/controlplane``, and is reached over HTTP like any deploy
 gateway's own credential acting for each person). Prints ``control plane: URL`` and
 ``gateway: URL`` once both answer, and writes ``DATA_DIR/gateway.json`` so that ``goodbot
 ask``/``chat`` find the gateway (and ``goodbot mcp`` the embedded control plane).
+
+With ``--demo-graph`` the demo Microsoft Graph (``gateway.demo_graph``) runs in the same
+process too, in ``DATA_DIR/demo-graph``, and the gateway's ``graph`` settings point at it, so
+the calendar tools work with no tenant; it prints ``graph (demo): URL``.
 """
 
 from __future__ import annotations
@@ -91,10 +95,25 @@ def policy_path(settings: GatewaySettings, embedded: bool) -> Path:
     raise ConfigError("policy_file", "required when the control plane is not the embedded demo")
 
 
-async def serve(settings: GatewaySettings) -> int:
-    """Serve until SIGINT or SIGTERM."""
+@contextlib.asynccontextmanager
+async def demo_graph(settings: GatewaySettings, enabled: bool) -> AsyncIterator[GatewaySettings]:
+    """``settings``, pointed at the demo Graph run for the block when ``enabled``."""
+    if not enabled:
+        yield settings
+        return
+    if settings.graph.enabled:
+        raise ConfigError("graph", "--demo-graph replaces the graph section; use one or the other")
+    from gateway.demo_graph import run_demo_graph
+
+    async with run_demo_graph(settings.data_dir / "demo-graph") as handle:
+        print(f"graph (demo): {handle.url}   (booked events: {handle.events_file})", flush=True)
+        yield settings.model_copy(update={"graph": handle.settings})
+
+
+async def serve(settings: GatewaySettings, *, with_demo_graph: bool = False) -> int:
+    """Serve until SIGINT or SIGTERM; ``with_demo_graph`` runs the demo Graph as well."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with control_plane(settings) as cp:
+    async with control_plane(settings) as cp, demo_graph(settings, with_demo_graph) as settings:
         print(f"control plane: {cp.url}", flush=True)
         gateway = await build_gateway(
             settings,

@@ -163,6 +163,9 @@ class GraphSettings(Section):
     """Its client secret (environment: ``GOODBOT_GRAPH__CLIENT_SECRET``)."""
     client_secret_file: Path | None = None
     """A file holding the client secret."""
+    client_certificate_file: Path | None = None
+    """Instead of a secret: a PEM file with the app's certificate and its (RSA) private key;
+    msal signs a client assertion with it. Takes precedence over a secret."""
     authority_host: str = Field(
         default="https://login.microsoftonline.com", pattern=r"^https://[^\s/]+(/.*)?$"
     )
@@ -310,9 +313,14 @@ def load(path: Path | None) -> GatewaySettings:
     graph_file = settings.graph.client_secret_file
     if graph_file is not None and not Path(graph_file).is_file():
         raise ConfigError("graph.client_secret_file", f"no such file: {graph_file}")
-    if settings.graph.enabled and settings.graph.secret() is None:
+    cert_file = settings.graph.client_certificate_file
+    if cert_file is not None and not Path(cert_file).is_file():
+        raise ConfigError("graph.client_certificate_file", f"no such file: {cert_file}")
+    if settings.graph.enabled and cert_file is None and settings.graph.secret() is None:
         raise ConfigError(
-            "graph.client_secret", "set GOODBOT_GRAPH__CLIENT_SECRET or graph.client_secret_file"
+            "graph.client_secret",
+            "set GOODBOT_GRAPH__CLIENT_SECRET, graph.client_secret_file or "
+            "graph.client_certificate_file",
         )
     return settings
 

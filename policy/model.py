@@ -24,6 +24,7 @@ MUTATING_ACTIONS: frozenset[str] = frozenset(
         "ring.resume",
         "ring.rollback",
         "calendar.book",
+        "calendar.book_as",
     }
 )
 """Actions that change something; they always go through a confirmation, and a read-only

@@ -1,15 +1,17 @@
 """Microsoft Graph client: the calendar tools' way out, over HTTPS to Graph (tools → Graph).
 
-Tokens: app-only, client credentials (``msal.ConfidentialClientApplication`` with a client
-secret and a tenant authority) for ``https://graph.microsoft.com/.default``; msal keeps the
-token in its cache and answers from it while it is valid. msal is synchronous and its
-constructor fetches the OpenID configuration, so both run in ``asyncio.to_thread``.
+Tokens come from ``tools.graph_auth.EntraTokens``: app-only for the ``/users/{mailbox}`` calls,
+and, for a user who signed in through Teams single sign-on (``sign_in``), a delegated token for
+``/me/findMeetingTimes`` (Graph offers that call to delegated tokens only).
 
 Limits: Graph throttles per app and mailbox, so at most ``MAX_IN_FLIGHT`` requests per mailbox
-run at once; a 429 or 503 is retried after its ``Retry-After`` (capped) up to ``retries`` times.
+run at once; a 429 or 503 is retried after its ``Retry-After`` (capped) up to ``retries`` times;
+an attempt that gets no answer within ``attempt_timeout`` is retried too (every call the tools
+make is safe to repeat), all within ``timeout``.
 
 Exactly once: ``create_event`` sends ``transactionId``; Graph returns the existing event for a
-repeated id, so a retried booking never books twice.
+repeated id, so a booking retried after a timeout (the first attempt may have booked) or
+executed again never books twice.
 
 The error tree, drawn once::
 
@@ -28,17 +30,18 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Self
 from urllib.parse import quote
 
 import aiohttp
 from pydantic import SecretStr
 
+from tools.graph_auth import ClientCertificate, EntraTokens, TokenError
+
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
-SCOPE: Final = "https://graph.microsoft.com/.default"
 MAX_IN_FLIGHT: Final = 4
 """Requests one mailbox may have in flight at once (Graph's per-mailbox concurrency limit)."""
 MAX_SCHEDULES: Final = 20
@@ -152,12 +155,13 @@ class GraphClient:
         self,
         tenant_id: str,
         client_id: str,
-        client_secret: SecretStr | str,
+        credential: SecretStr | str | ClientCertificate,
         *,
         authority_host: str = "https://login.microsoftonline.com",
         base_url: str = "https://graph.microsoft.com/v1.0",
         ca_file: str | None = None,
         timeout: float = 20.0,
+        attempt_timeout: float | None = None,
         retries: int = 3,
         retry_default: float = 1.0,
         domain: str | None = None,
@@ -168,12 +172,14 @@ class GraphClient:
         Args:
             tenant_id: The Entra tenant (id or domain) the app is registered in.
             client_id: The app registration's client id.
-            client_secret: The app registration's client secret.
+            credential: The app registration's client secret, or its certificate.
             authority_host: Entra's root; a loopback IdP in tests.
             base_url: Graph's root, with its version.
             ca_file: A CA bundle trusted for Entra and Graph instead of the system's (tests).
             timeout: Seconds a whole call may take, retries included.
-            retries: Extra attempts after a 429 or 503.
+            attempt_timeout: Seconds one attempt may take before it is retried (default: half
+                of ``timeout``).
+            retries: Extra attempts after a 429, a 503 or an attempt that timed out.
             retry_default: Seconds to wait when a 429 or 503 has no ``Retry-After``.
             domain: The mail domain a bare name (``ana``) is completed with.
             allowed_domains: Domains the calendar tools may invite; empty allows any.
@@ -184,17 +190,16 @@ class GraphClient:
         self.base_url = base_url.rstrip("/")
         self.ca_file = ca_file
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout if attempt_timeout is not None else timeout / 2
         self.retries = retries
         self.retry_default = retry_default
         self.domain = domain.lower() if domain else None
         self.allowed_domains = frozenset(d.lower() for d in allowed_domains)
-        self._secret = (
-            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
-        )
+        if isinstance(credential, str):
+            credential = SecretStr(credential)
+        self.tokens = EntraTokens(self.authority, client_id, credential, ca_file=ca_file)
+        """Entra tokens: app-only, and delegated per signed-in user."""
         self._http: aiohttp.ClientSession | None = None
-        self._msal: Any = None
-        self._requests: Any = None
-        self._msal_lock = asyncio.Lock()
         self._lanes = _Lanes(MAX_IN_FLIGHT)
 
     def __repr__(self) -> str:
@@ -219,47 +224,39 @@ class GraphClient:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._requests is not None:
-            self._requests.close()
-        self._msal = self._requests = None
+        self.tokens.close()
 
     # Tokens.
 
-    def _build_msal(self) -> Any:
-        import msal  # type: ignore[import-untyped]
-        import requests
+    async def sign_in(self, user: str, assertion: str) -> None:
+        """Keep a delegated token for ``user`` from their single sign-on token (on-behalf-of).
 
-        session = requests.Session()
-        # The env's REQUESTS_CA_BUNDLE would override ``verify`` (TESTING-NOTES §1.5).
-        session.trust_env = self.ca_file is None
-        if self.ca_file is not None:
-            session.verify = self.ca_file
-        self._requests = session
-        return msal.ConfidentialClientApplication(
-            self.client_id,
-            client_credential=self._secret.get_secret_value(),
-            authority=self.authority,
-            instance_discovery=self.ca_file is None,
-            http_client=session,
-        )
+        Args:
+            user: The gateway principal (the tools' ``ctx.principal``).
+            assertion: The user's token for this app, as Teams single sign-on hands it over.
 
-    async def _token(self) -> str:
-        async with self._msal_lock:
-            if self._msal is None:
-                try:
-                    self._msal = await asyncio.to_thread(self._build_msal)
-                except Exception as exc:
-                    raise GraphAuthError(
-                        f"cannot reach Entra at {self.authority}: {type(exc).__name__}",
-                        code="token_unavailable",
-                    ) from None
-        result = await asyncio.to_thread(self._msal.acquire_token_for_client, scopes=[SCOPE])
-        if "access_token" not in result:
-            raise GraphAuthError(
-                f"Entra refused a token: {result.get('error', 'unknown')}",
-                code=str(result.get("error", "token_refused")),
-            )
-        return str(result["access_token"])
+        Raises:
+            GraphAuthError: Entra refused the exchange.
+        """
+        try:
+            await self.tokens.sign_in(user, assertion)
+        except TokenError as exc:
+            raise GraphAuthError(exc.message, code=exc.code) from None
+
+    def signed_in(self, user: str) -> bool:
+        """``user`` signed in, so delegated calls (``find_meeting_times``) are open to them."""
+        return self.tokens.signed_in(user)
+
+    async def _token(self, user: str | None) -> str:
+        try:
+            if user is None:
+                return await self.tokens.app_token()
+            token = await self.tokens.user_token(user)
+        except TokenError as exc:
+            raise GraphAuthError(exc.message, code=exc.code) from None
+        if token is None:
+            raise GraphAuthError(f"{user} has not signed in", code="not_signed_in")
+        return token
 
     # Transport.
 
@@ -271,7 +268,9 @@ class GraphClient:
         *,
         json: Json | None = None,
         headers: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> Json:
+        """One Graph call with the app's token, or ``user``'s delegated token when given."""
         if self._http is None:
             raise RuntimeError("GraphClient is not open; use 'async with'")
         url = f"{self.base_url}{path}"
@@ -279,10 +278,13 @@ class GraphClient:
             async with asyncio.timeout(self.timeout), self._lanes(mailbox):
                 attempt = 0
                 while True:
-                    token = await self._token()
+                    token = await self._token(user)
                     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
                     try:
-                        async with self._http.request(method, url, json=json, headers=sent) as resp:
+                        async with (
+                            asyncio.timeout(self.attempt_timeout),
+                            self._http.request(method, url, json=json, headers=sent) as resp,
+                        ):
                             request_id = resp.headers.get("request-id")
                             if resp.status < 400:
                                 return dict(await resp.json()) if resp.content_length != 0 else {}
@@ -292,17 +294,26 @@ class GraphClient:
                                 body = None
                             wait = _retry_after(resp.headers.get("Retry-After"), self.retry_default)
                             error = _error_for(resp.status, body, request_id, wait)
+                            status: int | None = resp.status
                     except aiohttp.ClientError as exc:
                         raise GraphUnavailableError(
                             f"Microsoft Graph did not answer ({type(exc).__name__})",
                             code="unavailable",
                         ) from None
-                    if resp.status not in (429, 503) or attempt >= self.retries:
+                    except TimeoutError:
+                        # The attempt may have been done (an event created): repeating it is
+                        # safe, a booking carries its transactionId.
+                        status, wait = None, 0.0
+                        error = GraphUnavailableError(
+                            f"Microsoft Graph did not answer within {self.attempt_timeout:g} s",
+                            code="timeout",
+                        )
+                    if status not in (None, 429, 503) or attempt >= self.retries:
                         raise error
                     attempt += 1
                     log.info(
-                        "graph throttled; retrying",
-                        extra={"status": resp.status, "wait": wait, "attempt": attempt},
+                        "graph call retried",
+                        extra={"status": status, "wait": wait, "attempt": attempt},
                     )
                     await asyncio.sleep(wait)
         except TimeoutError:
@@ -358,6 +369,65 @@ class GraphClient:
     async def mailbox_settings(self, user: str) -> Json:
         """The user's ``mailboxSettings`` (``timeZone``, ``workingHours``…)."""
         return await self._call("GET", user, f"/users/{_mailbox(user)}/mailboxSettings")
+
+    async def find_meeting_times(
+        self,
+        user: str,
+        organizer: str,
+        attendees: Iterable[str],
+        start: datetime,
+        end: datetime,
+        duration: timedelta,
+        *,
+        timezone: str = "UTC",
+        max_candidates: int = 5,
+    ) -> Json:
+        """Meeting times Graph suggests for ``user`` and the attendees (delegated token only).
+
+        Every attendee is required and must be free (``minimumAttendeePercentage`` 100); Graph
+        keeps to working hours (``activityDomain`` work) and ranks by its confidence.
+
+        Args:
+            user: The signed-in principal whose calendar organizes (``/me``).
+            organizer: That principal's mailbox (its requests share the mailbox's limit).
+            attendees: Mailboxes of the other people.
+            start: Start of the window (timezone-aware).
+            end: End of the window (timezone-aware).
+            duration: Meeting length.
+            timezone: Zone of the suggestions' times.
+            max_candidates: Most suggestions returned.
+
+        Returns:
+            Graph's ``meetingTimeSuggestionsResult`` (``meetingTimeSuggestions`` and
+            ``emptySuggestionsReason``).
+        """
+        if start.tzinfo is None or end.tzinfo is None:
+            raise GraphInvalidError("start and end must be timezone-aware", code="naive_datetime")
+        minutes = int(duration.total_seconds() // 60)
+        body = {
+            "attendees": [
+                {"type": "required", "emailAddress": {"address": a}}
+                for a in dict.fromkeys(attendees)
+            ],
+            "timeConstraint": {
+                "activityDomain": "work",
+                "timeSlots": [
+                    {
+                        "start": {"dateTime": _graph_time(start, timezone), "timeZone": timezone},
+                        "end": {"dateTime": _graph_time(end, timezone), "timeZone": timezone},
+                    }
+                ],
+            },
+            "meetingDuration": f"PT{minutes // 60}H{minutes % 60}M",
+            "isOrganizerOptional": False,
+            "returnSuggestionReasons": True,
+            "minimumAttendeePercentage": 100,
+            "maxCandidates": max_candidates,
+        }
+        headers = {"Prefer": f'outlook.timezone="{timezone}"'}
+        return await self._call(
+            "POST", organizer, "/me/findMeetingTimes", json=body, headers=headers, user=user
+        )
 
     async def create_event(
         self, organizer: str, event: Json, transaction_id: str, *, timezone: str = "UTC"

@@ -8,11 +8,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 
 from gateway.settings import GraphSettings
 from tests.demo import DemoControlPlane
-from tests.e2e.harness import GatewayUnderTest, prepare, running_gateway
+from tests.e2e.harness import GatewayUnderTest, running_gateway
 from tests.tools.graph_support import (
     CLIENT_ID,
     SECRET,
@@ -39,13 +38,8 @@ async def cal(
     graph: FakeGraph,
     tmp_path: Path,
 ) -> AsyncIterator[GatewayUnderTest]:
-    """A gateway with Graph configured and a policy granting ana the calendar actions."""
+    """A gateway with Graph configured; the demo policy lets ana, li, sam and priya book."""
     data_dir = tmp_path / "gw"
-    policy_path = prepare(data_dir)
-    policy = yaml.safe_load(policy_path.read_text())
-    policy["roles"]["scheduler"] = {"grants": ["calendar.read", "calendar.book"]}
-    policy["principals"]["ana"]["roles"].append("scheduler")
-    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     settings = GraphSettings(
         tenant_id=TENANT,
         client_id=CLIENT_ID,
@@ -65,7 +59,7 @@ async def test_book_a_cab_review_from_the_cli(cal: GatewayUnderTest, graph: Fake
     (call,) = turn.result["tool_calls"]
     assert call["name"] == "book_meeting" and call["status"] == "confirmation_required", turn.result
     confirmation = turn.confirmation
-    assert graph.events == {}
+    assert graph.booked == {}
     today = datetime.now(BERLIN).date()
     tuesday = today + timedelta(days=(1 - today.weekday()) % 7 or 7)
     assert "CAB review" in turn.reply and "li@contoso.com" in turn.reply
@@ -74,17 +68,17 @@ async def test_book_a_cab_review_from_the_cli(cal: GatewayUnderTest, graph: Fake
     )
     assert status == 200, body
     assert body["result"]["status"] == "ok", body
-    (event,) = graph.events.values()
+    (event,) = graph.booked.values()
     assert event["subject"] == "CAB review"
     assert event["start"]["dateTime"] == f"{tuesday.isoformat()}T15:00:00"
     assert event["start"]["timeZone"] == "Europe/Berlin"
     assert [a["emailAddress"]["address"] for a in event["attendees"]] == ["li@contoso.com"]
     await cal.decide("ana", str(confirmation["id"]))  # a second confirm runs nothing
-    assert graph.event_posts == 1 and len(graph.events) == 1
+    assert graph.event_posts == 1 and len(graph.booked) == 1
 
 
-async def test_li_is_not_offered_calendar_tools(cal: GatewayUnderTest, graph: FakeGraph) -> None:
-    turn = await cal.turn("li", "book a CAB review with ana and li next tuesday")
+async def test_vera_is_not_offered_calendar_tools(cal: GatewayUnderTest, graph: FakeGraph) -> None:
+    turn = await cal.turn("vera", "book a CAB review with ana and li next tuesday")
     (call,) = turn.result["tool_calls"]
     assert call["status"] == "denied", call
-    assert graph.events == {} and graph.schedule_calls == []
+    assert graph.booked == {} and graph.schedule_calls == []

@@ -67,12 +67,7 @@ async def test_proposed_slots_respect_both_working_days(
 ) -> None:
     tuesday = next_weekday(1)
     busy_from = datetime.combine(tuesday, datetime.min.time(), BERLIN).replace(hour=15)
-    graph.busy["li@contoso.com"] = [
-        {
-            "start": busy_from.replace(tzinfo=None).isoformat(),
-            "end": (busy_from + timedelta(minutes=30)).replace(tzinfo=None).isoformat(),
-        }
-    ]
+    graph.add_busy("li@contoso.com", busy_from, busy_from + timedelta(minutes=30))
     arguments = {"attendees": ["li"], "day": tuesday.isoformat(), "days": 1, "count": 10}
     (outcome,) = await executor(store).run(ctx, [ToolCall("1", "propose_slots", arguments)])
     assert outcome.status == "ok", outcome.text
@@ -86,7 +81,11 @@ async def test_proposed_slots_respect_both_working_days(
 async def test_availability_lists_busy_times(
     store: SessionStore, ctx: ToolContext, graph: FakeGraph
 ) -> None:
-    graph.busy["li@contoso.com"] = [{"start": "2030-01-08T10:00:00", "end": "2030-01-08T11:00:00"}]
+    graph.add_busy(
+        "li@contoso.com",
+        datetime(2030, 1, 8, 10, tzinfo=BERLIN),
+        datetime(2030, 1, 8, 11, tzinfo=BERLIN),
+    )
     arguments = {"attendees": ["li", "ana@contoso.com"], "day": "2030-01-08"}
     (outcome,) = await executor(store).run(ctx, [ToolCall("1", "find_availability", arguments)])
     assert outcome.status == "ok", outcome.text
@@ -104,7 +103,7 @@ async def test_a_booking_runs_once_even_when_executed_again(
     arguments = {"attendees": ["li", "ana"], "subject": "CAB review", "start": start.isoformat()}
     (proposed,) = await run.run(ctx, [ToolCall("1", "book_meeting", arguments)])
     assert proposed.status == "confirmation_required", proposed.text
-    assert graph.events == {}
+    assert graph.booked == {}
     confirmation = proposed.confirmation
     assert confirmation is not None
     assert confirmation.arguments["organizer"] == "ana@contoso.com"
@@ -118,9 +117,9 @@ async def test_a_booking_runs_once_even_when_executed_again(
     # A resumed execution (the gateway restarted before recording the result) runs again.
     again = await run.execute(ctx, dataclasses.replace(decided.confirmation, state="executing"))
     assert again.status == "ok", again.text
-    assert graph.event_posts == 2 and len(graph.events) == 1
+    assert graph.event_posts == 2 and len(graph.booked) == 1
     assert first.data["event_id"] == again.data["event_id"]
-    (event,) = graph.events.values()
+    (event,) = graph.booked.values()
     assert event["subject"] == "CAB review" and event["isOnlineMeeting"] is True
     assert event["start"] == {"dateTime": start.isoformat(), "timeZone": "Europe/Berlin"}
     assert event["attendees"] == [
@@ -142,7 +141,7 @@ async def test_a_booking_outside_the_allowed_domains_is_refused(
     (outcome,) = await executor(store).run(ctx, [ToolCall("1", "book_meeting", arguments)])
     assert outcome.status == "error"
     assert "mallory@evil.example is outside the allowed domains (contoso.com)" in outcome.text
-    assert graph.events == {} and graph.schedule_calls == []
+    assert graph.booked == {} and graph.schedule_calls == []
 
 
 async def test_no_graph_means_a_clear_refusal(store: SessionStore, ctx: ToolContext) -> None:

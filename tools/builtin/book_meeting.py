@@ -1,4 +1,12 @@
-"""Tool ``book_meeting``: put a meeting in the calendars, once confirmed (agent → tools → Graph)."""
+"""Tool ``book_meeting``: put a meeting in the calendars, once confirmed (agent → tools → Graph).
+
+Policy: ``calendar.book`` lets a principal book as themselves (their mailbox is their name in
+``graph.domain``); booking as another organizer also needs ``calendar.book_as``; every
+attendee must be in ``graph.allowed_domains``. All three are checked before any Graph call and
+again when the confirmed booking runs. The subject goes through the guard's redaction before
+it is proposed, and the body is built here from the subject and names only, so no secret a
+person pasted reaches the invitation.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from tools.builtin.meetings import (
+    BOOK_AS,
     graph_failures,
     graph_of,
     home_zone,
@@ -17,6 +26,7 @@ from tools.builtin.meetings import (
     parse_moment,
     when,
 )
+from tools.builtin.render import quoted
 from tools.graph import GraphClient
 from tools.registry import Json, Proposal, ToolContext, ToolInputError, ToolResult, tool
 from tools.slots import availability_from_graph, free_slots
@@ -39,6 +49,7 @@ async def book_meeting(
     day: str | None = None,
     duration_minutes: int = 30,
     online: bool = True,
+    organizer: str | None = None,
 ) -> Proposal:
     """Book a meeting you organize with the attendees, once you confirm.
 
@@ -53,14 +64,16 @@ async def book_meeting(
         day: Without ``start``: today, tomorrow, a weekday (``next tuesday``) or ``2026-06-16``.
         duration_minutes: Meeting length in minutes (15-480).
         online: Add a Teams meeting link.
+        organizer: Book in someone else's calendar (their mailbox or name); only with the
+            ``calendar.book_as`` grant. Default: yours.
     """
     if not 15 <= duration_minutes <= 480:
         raise ToolInputError("a meeting lasts between 15 and 480 minutes")
-    title = " ".join(subject.split())
+    title = ctx.guard.redact(" ".join(subject.split()))
     if not 1 <= len(title) <= 255:
         raise ToolInputError("the subject must be 1 to 255 characters")
     graph = graph_of(ctx)
-    organizer = mailbox(graph, ctx.principal)
+    organizer = _organizer(ctx, graph, organizer)
     people = [a for a in mailboxes(graph, attendees) if a != organizer]
     if not people:
         raise ToolInputError("name at least one attendee besides you")
@@ -94,10 +107,22 @@ async def book_meeting(
             "busy": busy,
         },
         summary=(
-            f"Book {title!r} {when(local_begin, local_end)} with {', '.join(people)}"
+            f"Book {quoted(title, 255)} {when(local_begin, local_end)} with {', '.join(people)}"
             f"{', online' if online else ''}{note}"
         ),
     )
+
+
+def _organizer(ctx: ToolContext, graph: GraphClient, asked: str | None) -> str:
+    """The principal's own mailbox, or another one when the policy grants ``calendar.book_as``."""
+    own = mailbox(graph, ctx.principal)
+    if asked is None or mailbox(graph, asked) == own:
+        return own
+    verdict = ctx.guard.authorize(BOOK_AS, None)
+    if not verdict.allowed:
+        raise ToolInputError(f"you may book only as yourself ({own}): {verdict.reason}")
+    (other,) = mailboxes(graph, [asked])
+    return other
 
 
 async def _best_slot(
@@ -127,15 +152,23 @@ async def _best_slot(
 @book_meeting.executor
 async def _book(ctx: ToolContext, arguments: Json) -> ToolResult:
     graph = graph_of(ctx)
-    if graph.allowed_domains:
-        mailboxes(graph, arguments["attendees"])  # the domains may have narrowed since
+    # The policy and the domains may have narrowed since the proposal.
+    _organizer(ctx, graph, arguments["organizer"])
+    mailboxes(graph, arguments["attendees"])
     key = ctx.idempotency_key or uuid.uuid4().hex
     transaction_id = str(uuid.uuid5(_TRANSACTIONS, key))
     zone_name = arguments["time_zone"]
-    start = datetime.fromisoformat(arguments["start"])
-    end = datetime.fromisoformat(arguments["end"])
+    tz = ZoneInfo(zone_name)
+    start = datetime.fromisoformat(arguments["start"]).astimezone(tz)
+    end = datetime.fromisoformat(arguments["end"]).astimezone(tz)
+    subject = ctx.guard.redact(arguments["subject"])
+    body = (
+        f"{subject}\n\nBooked with goodbot for {ctx.principal}, who confirmed it. "
+        f"Invited: {', '.join(arguments['attendees'])}."
+    )
     event: Json = {
-        "subject": arguments["subject"],
+        "subject": subject,
+        "body": {"contentType": "text", "content": ctx.guard.redact(body)},
         "start": {"dateTime": start.replace(tzinfo=None).isoformat(), "timeZone": zone_name},
         "end": {"dateTime": end.replace(tzinfo=None).isoformat(), "timeZone": zone_name},
         "attendees": [
@@ -152,7 +185,7 @@ async def _book(ctx: ToolContext, arguments: Json) -> ToolResult:
         )
     join = (doc.get("onlineMeeting") or {}).get("joinUrl")
     people = ", ".join(arguments["attendees"])
-    text = f"Booked {arguments['subject']!r} {when(start, end)} with {people}."
+    text = f"Booked {quoted(subject, 255)} {when(start, end)} with {people}."
     if join:
         text += f" Join: {join}"
     return ToolResult(

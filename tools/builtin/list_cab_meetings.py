@@ -1,4 +1,8 @@
-"""Tool ``list_cab_meetings``: the CAB meetings coming up in your calendar (tools → Graph)."""
+"""Tool ``list_cab_meetings``: the CAB meetings coming up in your calendar (tools → Graph).
+
+Subjects and organizers are whatever people typed into an invitation: they are shown as data,
+each in a table cell (``render.cell``), never as text a model could take for instructions.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from tools.builtin.meetings import graph_failures, graph_of, home_zone, mailbox, when
+from tools.builtin.render import table
 from tools.registry import ToolContext, ToolResult, tool
 from tools.slots import zone
 
@@ -50,8 +55,8 @@ async def list_cab_meetings(ctx: ToolContext, days: int = 14) -> ToolResult:
         )
     if not rows:
         return ToolResult(data={"meetings": []}, text=f"No CAB meeting in the next {days} days.")
-    lines = ["| when | subject | organizer |", "|---|---|---|"]
-    lines += [f"| {r['_when']} | {r['subject']} | {r['organizer'] or ''} |" for r in rows]
-    for r in rows:
-        r.pop("_when")
-    return ToolResult(data={"meetings": rows}, text="\n".join(lines))
+    text = table(
+        ("when", "subject", "organizer"),
+        [(r.pop("_when"), r["subject"], r["organizer"] or "") for r in rows],
+    )
+    return ToolResult(data={"meetings": rows}, text=text)

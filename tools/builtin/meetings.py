@@ -13,6 +13,8 @@ from tools.graph import GraphClient, GraphError
 from tools.registry import ToolContext, ToolInputError
 from tools.slots import DAYS, Slot, SlotError, zone
 
+BOOK_AS: Final = "calendar.book_as"
+"""The policy action that lets a principal book in another organizer's calendar."""
 _NAME: Final = re.compile(r"^[a-z0-9._%+'-]+$")
 _ADDRESS: Final = re.compile(r"^[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 
