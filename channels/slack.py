@@ -37,6 +37,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -218,6 +219,17 @@ class SlackChannel:
         self.bolt.command("/goodbot")(self._on_command)
         self.bolt.action(re.compile(f"^({CONFIRM}|{DENY})$"))(self._on_action)
 
+    async def start(self) -> None:
+        """Open the one HTTP session every Web API call reuses.
+
+        slack_sdk opens (and closes) a new session, hence a new TLS connection, per call when
+        it is given none: most of a turn's cost under load.
+        """
+        if self.client.session is None:
+            self.client.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+            )
+
     async def start_socket_mode(self, app_token: str) -> None:
         """Receive over Socket Mode too: Slack's WebSocket, opened with the app-level token.
 
@@ -252,6 +264,9 @@ class SlackChannel:
         if self.socket is not None:
             await self.socket.close_async()  # type: ignore[no-untyped-call]
             self.socket = None
+        if self.client.session is not None:
+            await self.client.session.close()
+            self.client.session = None
         for task in list(self.tasks):
             task.cancel()
         for task in list(self.tasks):

@@ -160,6 +160,7 @@ async def build_gateway(
         graph=graph,
         shared_rate=shared_rate,
         link_hosts=tuple(settings.model.link_hosts),
+        concurrency=settings.turn_concurrency,
     )
     return Gateway(
         settings,
@@ -246,15 +247,15 @@ def _add_slack(app: web.Application, gateway: Gateway) -> None:
         app.router.add_routes(slack.routes())
     if gateway.delivery is not None:
         gateway.delivery.register(slack)
-    if settings.slack.socket_mode:
-        app_token = settings.secret("slack", "app_token")
-        assert app_token is not None
+    app_token = settings.secret("slack", "app_token") if settings.slack.socket_mode else None
 
-        async def socket_mode(_: web.Application) -> AsyncIterator[None]:
+    async def start_slack(_: web.Application) -> AsyncIterator[None]:
+        await slack.start()
+        if app_token is not None:
             await slack.start_socket_mode(app_token)
-            yield
+        yield
 
-        app.cleanup_ctx.append(socket_mode)
+    app.cleanup_ctx.append(start_slack)
 
     async def close_slack(_: web.Application) -> None:
         await slack.close()

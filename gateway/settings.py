@@ -224,6 +224,9 @@ class GatewaySettings(BaseSettings):
     """Route steps one turn may take."""
     history: int = Field(default=20, ge=0, le=200)
     """Earlier messages of the conversation a turn shows the route."""
+    turn_concurrency: int = Field(default=16, ge=1, le=1024)
+    """Turns one process runs at once; more wait their turn. Bounding them keeps CPU for
+    acknowledging new messages, which Slack and Teams retry when slow."""
 
     @classmethod
     def settings_customise_sources(

@@ -74,6 +74,7 @@ class TurnService:
         graph: GraphClient | None = None,
         shared_rate: SharedRate | None = None,
         link_hosts: tuple[str, ...] = (),
+        concurrency: int = 16,
     ) -> None:
         """Args:
         policy: The policy file in force (reloaded by the app's watcher).
@@ -88,6 +89,7 @@ class TurnService:
             PostgreSQL): ``take(key, per_minute)`` is None or the seconds to wait. Without
             one the limit is this process's own.
         link_hosts: Hosts a model-written reply may link to (``policy.links``).
+        concurrency: Turns run at once; the others wait (admission never does).
         """
         self.link_hosts = link_hosts
         self.sign_in_failures = FailureLimiter()
@@ -102,6 +104,7 @@ class TurnService:
         self.limiter = RateLimiter()
         self.shared_rate = shared_rate
         self._lanes: dict[str, _Lane] = {}
+        self._running = asyncio.Semaphore(concurrency)
 
     # Who is speaking.
 
@@ -234,7 +237,7 @@ class TurnService:
         self.metrics.turns_in_flight.inc()
         started = time.perf_counter()
         try:
-            async with lane.lock:
+            async with lane.lock, self._running:
                 return await self._turn(admission, emit)
         finally:
             lane.users -= 1

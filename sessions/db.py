@@ -8,6 +8,7 @@ a PostgreSQL database (even a schema) with the control plane, whose history live
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -144,23 +145,79 @@ def conflict_insert(conn: AsyncConnection, table: Table) -> pg.Insert | sqlite.I
     return sqlite.insert(table)
 
 
+class WriteLock:
+    """A mutex whose urgent waiters go before the others, each queue first come first served.
+
+    Written here because asyncio has no priority lock. Admitting a message is urgent: a
+    channel acknowledges only after it, and Slack and Teams retry a slow acknowledgement, so
+    it must not queue behind the writes of turns already running.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._other: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Wait for the lock; urgent callers are handed it before any other waiter."""
+        if not self._held and not self._urgent and not self._other:
+            self._held = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._other
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed the lock just as the caller was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the next waiter (urgent first), or free it."""
+        for queue in (self._urgent, self._other):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._held = False
+
+    @contextlib.asynccontextmanager
+    async def held(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        """Hold the lock for the block."""
+        await self.acquire(urgent=urgent)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class Database:
     """An engine plus the write discipline every store in this package follows."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         """Wrap an engine made by ``create_engine``."""
         self.engine = engine
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._write_lock = WriteLock() if engine.dialect.name == "sqlite" else None
 
     @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
+    async def writing(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction, committed on success, rolled back on error.
 
         SQLite allows one writer; a deferred transaction that reads and then writes fails with
         SQLITE_BUSY_SNAPSHOT when another connection committed in between, so writers queue on
-        an in-process lock before their first statement. PostgreSQL needs no such lock.
+        an in-process lock before their first statement (``urgent`` ones first: admissions).
+        PostgreSQL needs no such lock.
         """
-        lock = self._write_lock or contextlib.nullcontext()
+        lock = (
+            self._write_lock.held(urgent=urgent)
+            if self._write_lock is not None
+            else contextlib.nullcontext()
+        )
         async with lock, self.engine.begin() as conn:
             yield conn
 

@@ -142,7 +142,7 @@ class SessionStore:
         """
         moment = _now(now)
         try:
-            async with self.db.writing() as conn:
+            async with self.db.writing(urgent=True) as conn:
                 admitted = await messages.admit(
                     conn,
                     channel=channel,
