@@ -9,10 +9,10 @@ control-plane read).
 
 Open loop at each of ``--rates`` deliveries a second for ``--seconds``: each delivery has a
 scheduled send time, and its acknowledgement latency runs from it (Slack wants the HTTP
-answer within 3 s and retries after that). A turn is complete when its reply reaches the Web API; turns/s
-is completed turns over the time from the first send to the last reply. The baseline is a
-bare aiohttp echo (no signature check, no storage) driven by the same signed deliveries at
-the same rate, in the same run.
+answer within 3 s and retries after that). A turn is complete when its reply reaches the Web
+API; turns/s is completed turns over the time from the first send to the last reply. The
+baseline is a bare aiohttp echo (no signature check, no storage) driven by the same signed
+deliveries at the same rate, in the same run.
 
     .venv/bin/python -m bench.slack_channel [--rates 100 200] [--seconds 10]
 """
