@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -76,6 +78,8 @@ class Leases:
         self.retry_seconds = retry_seconds
         self.on_change = on_change
         self.shared = engine.dialect.name == "postgresql"
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        """This process, as the lease connection's ``application_name`` shows it."""
         self._conn: AsyncConnection | None = None
         self._held: set[str] = set()
         self._lock = asyncio.Lock()
@@ -145,7 +149,9 @@ class Leases:
             conn = await self.engine.connect()
             try:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                for setting, value in KEEPALIVES.items():
+                # Named, so an operator finds the holders in pg_stat_activity.
+                settings = {**KEEPALIVES, "application_name": f"goodbot-leases {self.replica}"}
+                for setting, value in settings.items():
                     await conn.execute(
                         text("SELECT set_config(:name, :value, false)"),
                         {"name": setting, "value": value},
