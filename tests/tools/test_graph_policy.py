@@ -4,9 +4,10 @@ shown as data, and ``findMeetingTimes`` for a signed-in user."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -80,8 +81,8 @@ class Desk:
             graph=self.graph,
         )
 
-    async def run(self, ctx: ToolContext, tool: str, arguments: dict[str, object]) -> ToolOutcome:
-        (outcome,) = await self.executor.run(ctx, [ToolCall("1", tool, arguments)])
+    async def run(self, ctx: ToolContext, tool: str, arguments: Mapping[str, Any]) -> ToolOutcome:
+        (outcome,) = await self.executor.run(ctx, [ToolCall("1", tool, dict(arguments))])
         return outcome
 
     async def confirm(self, ctx: ToolContext, outcome: ToolOutcome) -> ToolOutcome:
