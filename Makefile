@@ -1,5 +1,5 @@
 # goodbot developer targets. Every target bootstraps .venv on first use.
-#   make run     serve the gateway with the embedded demo control plane (the main job)
+#   make run     serve the gateway with the embedded demo control plane and demo Graph (the main job)
 #   make chat    chat with it as the local user (another terminal)
 #   make check   format check, lint, mypy strict, import contracts, the full test suite
 SHELL := /bin/bash
@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= .goodbot
+# The main job runs the demo Microsoft Graph too (calendar tools with no tenant); empty it to skip.
+SERVE_FLAGS ?= --demo-graph
 
 .PHONY: run chat check test lint fmt types contracts bench clean system-deps migration
 
@@ -24,7 +26,7 @@ system-deps:
 	@bash deploy/system-deps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/goodbot serve --data-dir $(DATA_DIR)
+	$(VENV)/bin/goodbot serve --data-dir $(DATA_DIR) $(SERVE_FLAGS)
 
 chat: $(STAMP)
 	$(VENV)/bin/goodbot chat --data-dir $(DATA_DIR)
