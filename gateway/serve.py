@@ -107,6 +107,13 @@ async def demo_graph(settings: GatewaySettings, enabled: bool) -> AsyncIterator[
 
     async with run_demo_graph(settings.data_dir / "demo-graph") as handle:
         print(f"graph (demo): {handle.url}   (booked events: {handle.events_file})", flush=True)
+        policy = settings.policy_file or settings.data_dir / "policy.yaml"
+        if policy.is_file() and "calendar.book" not in policy.read_text():
+            print(
+                f"note: {policy} grants no calendar.book (written before the calendars); add "
+                "calendar.read and calendar.book to a role, or start with a fresh --data-dir",
+                flush=True,
+            )
         yield settings.model_copy(update={"graph": handle.settings})
 
 

@@ -350,4 +350,11 @@ def describe(settings: GatewaySettings) -> list[str]:
         if settings.graph.enabled
         else "graph: off (no tenant_id and client_id; no calendar tools)"
     )
+    if settings.graph.enabled:
+        credential = (
+            f"certificate {settings.graph.client_certificate_file}"
+            if settings.graph.client_certificate_file is not None
+            else f"secret {'set' if settings.graph.secret() else 'not set'}"
+        )
+        lines.append(f"graph credential: {credential}")
     return lines

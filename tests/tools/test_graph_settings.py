@@ -78,3 +78,37 @@ async def test_the_gateway_offers_calendar_tools_only_with_graph(tmp_path: Path)
             assert settings["timeZone"] == "UTC" and fake.token_requests == 1
         finally:
             await close_gateway(wired)
+
+
+async def test_the_gateway_authenticates_with_a_certificate_file(tmp_path: Path) -> None:
+    policy = prepare(tmp_path / "data")
+    async with fake_graph(tmp_path / "fake") as fake:
+        config = tmp_path / "goodbot.yaml"
+        config.write_text(
+            f"graph: {{tenant_id: {TENANT}, client_id: {CLIENT_ID}, "
+            f"client_certificate_file: {tmp_path / 'fake' / 'app-credential.pem'}, "
+            f"authority_host: '{fake.base}', base_url: '{fake.base}/v1.0', "
+            f"ca_file: {fake.ca_file}}}\n"
+        )
+        settings = load(config)  # no secret needed with a certificate
+        assert settings.graph.enabled and settings.graph.secret() is None
+        wired = await build_gateway(
+            settings.model_copy(update={"data_dir": tmp_path / "data"}),
+            cp_url="http://127.0.0.1:9",
+            cp_token="t",
+            policy_path=policy,
+        )
+        try:
+            client = wired.turns.graph
+            assert client is not None
+            await client.mailbox_settings("ana@contoso.com")
+            assert fake.entra.client_auth == {"certificate": 1}
+        finally:
+            await close_gateway(wired)
+
+    config.write_text(
+        "graph: {tenant_id: t, client_id: c, client_certificate_file: /nonexistent.pem}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(config)
+    assert caught.value.key == "graph.client_certificate_file"

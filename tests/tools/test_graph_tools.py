@@ -172,3 +172,30 @@ async def test_a_booking_by_day_takes_the_best_common_slot(
     # (li's first hour or ana's last), so the earliest slot wins.
     assert start == datetime.combine(tuesday, datetime.min.time(), BERLIN).replace(hour=15)
     assert proposed.confirmation.arguments["subject"] == "CAB review"
+
+
+async def test_slots_follow_each_zone_in_the_weeks_between_daylight_saving_changes(
+    store: SessionStore, ctx: ToolContext, graph: FakeGraph
+) -> None:
+    # New York moved to summer time on 2030-03-10, Berlin only on 2030-03-31: for three weeks
+    # the two are five hours apart, not six, so ana's and li's days overlap from 14:00 Berlin.
+    results = {}
+    for day in ("2030-03-05", "2030-03-12"):  # Tuesdays before and after New York's change
+        arguments = {"attendees": ["li"], "day": day, "days": 1, "duration_minutes": 60, "count": 9}
+        (outcome,) = await executor(store).run(ctx, [ToolCall("1", "propose_slots", arguments)])
+        assert outcome.status == "ok", outcome.text
+        results[day] = sorted(s["start"][11:16] for s in outcome.data["slots"])
+    assert results["2030-03-05"] == ["15:00", "15:30", "16:00"]
+    assert results["2030-03-12"] == ["14:00", "14:30", "15:00", "15:30", "16:00"]
+
+
+async def test_more_than_twenty_attendees_are_asked_in_chunks(
+    store: SessionStore, ctx: ToolContext, graph: FakeGraph
+) -> None:
+    people = [f"user{i}" for i in range(24)]
+    arguments = {"attendees": people, "day": "2030-01-08", "days": 1}
+    (outcome,) = await executor(store).run(ctx, [ToolCall("1", "propose_slots", arguments)])
+    assert outcome.status == "ok", outcome.text
+    assert sorted(len(c) for c in graph.schedule_calls) == [5, 20]  # ana and 24 others
+    # Everyone else works 09-17 UTC: from 10:00 Berlin, best outside anyone's first hour.
+    assert outcome.data["slots"][0]["start"] == "2030-01-08T11:00:00+01:00"
