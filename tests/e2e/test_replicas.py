@@ -10,6 +10,7 @@ across replicas; a SIGKILLed duty holder's duties move to the survivor.
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests import demo
 from tests.demo import DemoControlPlane
 from tests.e2e.cluster import Cluster, cluster, pg
 from tests.e2e.test_cli_confirmations import cp_rollout
@@ -26,19 +28,35 @@ from tests.e2e.test_cli_confirmations import cp_rollout
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def two(demo_cp: DemoControlPlane, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(tmp_path, demo_cp.url, demo_cp.gateway_token, rates={"vera": 4}) as made:
+@pytest.fixture(scope="module")
+def module_cp(
+    demo_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoControlPlane]:
+    """One demo control plane for this module's cluster (each test touches its own objects)."""
+    path = tmp_path_factory.mktemp("replicas-cp") / "cp"
+    shutil.copytree(demo_template, path)
+    cp = demo.start(path, demo=False)
+    try:
+        yield cp
+    finally:
+        demo.stop(cp)
+
+
+@pytest.fixture(scope="module")
+def two(module_cp: DemoControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two replicas and the balancer, shared by the module's tests (started once: seconds)."""
+    root = tmp_path_factory.mktemp("replicas")
+    with cluster(root, module_cp.url, module_cp.gateway_token, rates={"vera": 4}) as made:
         yield made
 
 
 def turn(
-    url: str, token: str, text: str, event_id: str | None = None
+    url: str, token: str, text: str, event_id: str | None = None, conversation: str = "replicas"
 ) -> tuple[int, dict[str, Any], str]:
     """One CLI turn: status, the ``done`` result (or the error) and the replica that ran it."""
     response = requests.post(
         f"{url}/cli/v1/turns",
-        json={"text": text, "conversation": "replicas", "event_id": event_id or uuid.uuid4().hex},
+        json={"text": text, "conversation": conversation, "event_id": event_id or uuid.uuid4().hex},
         headers={"Authorization": f"Bearer {token}"},
         timeout=60,
     )
@@ -67,10 +85,11 @@ def count(cluster_: Cluster, sql: str, *args: Any) -> int:
 
 def test_a_retried_delivery_on_the_other_replica_is_processed_once(two: Cluster) -> None:
     ana = two.tokens["ana"]
-    event = "evt-" + uuid.uuid4().hex
-    status, first, where_first = turn(two.balancer_url, ana, "what is pending my approval?", event)
+    event, conversation = "evt-" + uuid.uuid4().hex, uuid.uuid4().hex
+    asked = "what is pending my approval?"
+    status, first, where_first = turn(two.balancer_url, ana, asked, event, conversation)
     assert status == 200 and "zoom" in first["reply"]
-    status, again, where_again = turn(two.balancer_url, ana, "what is pending my approval?", event)
+    status, again, where_again = turn(two.balancer_url, ana, asked, event, conversation)
     assert status == 200
     assert where_first != where_again  # round robin: the retry reached the other replica
     assert again["reply"] == first["reply"]
@@ -80,12 +99,15 @@ def test_a_retried_delivery_on_the_other_replica_is_processed_once(two: Cluster)
     assert count(two, processed, scoped) == 1
     received = "SELECT count(*) FROM {s}.audit_records WHERE type = 'message.received'"
     assert count(two, received + " AND data->>'event_id' = $1", scoped) == 1
-    replies = "SELECT count(*) FROM {s}.messages WHERE direction = 'out'"
-    assert count(two, replies) == 1
+    replies = (
+        "SELECT count(*) FROM {s}.messages WHERE direction = 'out' AND conversation_id ="
+        " (SELECT conversation_id FROM {s}.messages WHERE id = $1)"
+    )
+    assert count(two, replies, first["message_id"]) == 1
 
 
 def test_confirmations_execute_once_across_replicas(
-    two: Cluster, demo_cp: DemoControlPlane
+    two: Cluster, module_cp: DemoControlPlane
 ) -> None:
     ana = two.tokens["ana"]
     first, second = two.replicas
@@ -102,7 +124,7 @@ def test_confirmations_execute_once_across_replicas(
     assert status == 200 and body["outcome"] == "confirmed", body
     status, body, _ = decide(first.url, ana, promote["id"])
     assert body["outcome"] == "already_decided"
-    assert cp_rollout(demo_cp, "google-chrome")["ring"] == 2
+    assert cp_rollout(module_cp, "google-chrome")["ring"] == 2
     assert count(two, executing, promote["id"]) == 1
 
     # Six clicks at once, alternating between the replicas through the balancer.
@@ -114,7 +136,7 @@ def test_confirmations_execute_once_across_replicas(
     outcomes = sorted(body["outcome"] for _, body, _ in results)
     assert outcomes.count("confirmed") == 1 and outcomes.count("already_decided") == 5
     assert {where for _, _, where in results} == {r.url for r in two.replicas}
-    assert cp_rollout(demo_cp, "google-chrome")["status"] == "Paused"
+    assert cp_rollout(module_cp, "google-chrome")["status"] == "Paused"
     assert count(two, executing, pause["id"]) == 1
 
 
@@ -145,3 +167,5 @@ def test_a_killed_duty_holder_hands_its_duties_to_the_other_replica(two: Cluster
     two.start(holder)
     assert two.replicas[holder].duties() == []
     assert two.holders("confirmations.expiry") == [survivor]
+    status, _, _ = turn(two.replicas[holder].url, ana, "/whoami")
+    assert status == 200
