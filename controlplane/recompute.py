@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane import drift
@@ -35,6 +35,7 @@ from controlplane.compliance import (
     evaluate_device,
 )
 from controlplane.events import NewEvent, append_events
+from controlplane.joblocks import tenant_locks
 from controlplane.models import (
     ComplianceRecord,
     Device,
@@ -302,20 +303,38 @@ async def rebuild_scope_counts(
 async def run_next_job(state: ServiceState) -> bool:
     """Claim every pending recompute job of one tenant, run it, record the outcome.
 
+    On PostgreSQL the worker first takes the tenant's advisory lock (``joblocks``) and holds it
+    until the jobs are finished, so a tenant's jobs run on one replica at a time and a job left
+    ``running`` by a dead replica can be told from one running elsewhere.
+
     Returns:
         Whether there was a job (so the caller loops until the queue is empty).
     """
+    async with state.sessions() as session:
+        tenants = list(
+            (
+                await session.execute(
+                    select(Job.tenant_id)
+                    .where(Job.kind == JOB_KIND, Job.status == "pending")
+                    .group_by(Job.tenant_id)
+                    .order_by(func.min(Job.created_at))
+                    .limit(20)
+                )
+            ).scalars()
+        )
+    async with tenant_locks(state.engine, state.settings.database_schema) as locks:
+        for tenant_id in tenants:
+            if not await locks.try_lock(tenant_id):
+                continue  # another replica is recomputing this tenant; it takes these next
+            try:
+                return await _run_tenant(state, tenant_id)
+            finally:
+                await locks.unlock(tenant_id)
+    return False
+
+
+async def _run_tenant(state: ServiceState, tenant_id: str) -> bool:
     async with state.writing() as session:
-        tenant_id = (
-            await session.execute(
-                select(Job.tenant_id)
-                .where(Job.kind == JOB_KIND, Job.status == "pending")
-                .order_by(Job.created_at, Job.id)
-                .limit(1)
-            )
-        ).scalar_one_or_none()
-        if tenant_id is None:
-            return False
         # One conditional UPDATE claims them, so two replicas never run the same job.
         claimed = list(
             await session.execute(
@@ -426,26 +445,54 @@ async def sweep_stale(state: ServiceState, *, now: datetime | None = None) -> in
     return len(rows)
 
 
-async def _requeue_interrupted(state: ServiceState) -> None:
-    # A job left running by a crashed process would never finish. Only SQLite, where this
-    # process is the sole worker, can tell that it is interrupted rather than running
-    # elsewhere; a recompute is idempotent, so running it again is safe.
-    if state.engine.dialect.name != "sqlite":
-        return
-    async with state.writing() as session:
-        await session.execute(
-            update(Job)
-            .where(Job.kind == JOB_KIND, Job.status == "running")
-            .values(status="pending")
-            .execution_options(synchronize_session=False)
+async def requeue_interrupted(state: ServiceState) -> int:
+    """Queue again the jobs a dead worker left ``running``; how many.
+
+    On SQLite this process is the only worker, so at its start every running job is
+    interrupted. On PostgreSQL a running job is interrupted when its tenant's advisory lock is
+    free (a live worker holds it from claim to finish). A recompute is idempotent, so running
+    it again is safe.
+    """
+    async with state.sessions() as session:
+        tenants = list(
+            (
+                await session.execute(
+                    select(Job.tenant_id)
+                    .where(Job.kind == JOB_KIND, Job.status == "running")
+                    .distinct()
+                )
+            ).scalars()
         )
+    requeued = 0
+    async with tenant_locks(state.engine, state.settings.database_schema) as locks:
+        for tenant_id in tenants:
+            if not await locks.try_lock(tenant_id):
+                continue
+            try:
+                async with state.writing() as session:
+                    result = await session.execute(
+                        update(Job)
+                        .where(
+                            Job.tenant_id == tenant_id,
+                            Job.kind == JOB_KIND,
+                            Job.status == "running",
+                        )
+                        .values(status="pending")
+                        .execution_options(synchronize_session=False)
+                    )
+                    requeued += result.rowcount or 0  # type: ignore[attr-defined]
+            finally:
+                await locks.unlock(tenant_id)
+    if requeued:
+        log.warning("requeued interrupted recompute jobs", extra={"jobs": requeued})
+    return requeued
 
 
 async def _run_forever(state: ServiceState) -> None:
     wake = state.wakeups.setdefault("recompute", asyncio.Event())
     loop = asyncio.get_running_loop()
     next_sweep = loop.time()
-    await _requeue_interrupted(state)
+    await requeue_interrupted(state)
     while True:
         # Cleared before looking, so a wake-up that arrives during a job is not lost.
         wake.clear()
@@ -454,6 +501,8 @@ async def _run_forever(state: ServiceState) -> None:
                 pass
             if loop.time() >= next_sweep:
                 await sweep_stale(state)
+                if state.engine.dialect.name == "postgresql":
+                    await requeue_interrupted(state)  # another replica may have died
                 next_sweep = loop.time() + STALE_SWEEP_SECONDS
         except Exception:
             log.exception("compliance worker iteration failed; retrying")
