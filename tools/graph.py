@@ -46,6 +46,8 @@ MAX_IN_FLIGHT: Final = 4
 """Requests one mailbox may have in flight at once (Graph's per-mailbox concurrency limit)."""
 MAX_SCHEDULES: Final = 20
 """Schedules one ``getSchedule`` call may ask for; more are asked for in chunks."""
+MAX_WINDOW: Final = timedelta(days=62)
+"""``getSchedule`` answers for windows shorter than this."""
 MAX_RETRY_AFTER: Final = 30.0
 """Longest wait honoured from a ``Retry-After`` header, in seconds."""
 _MAILBOX: Final = re.compile(r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+$|^[0-9a-fA-F-]{36}$")
@@ -348,6 +350,10 @@ class GraphClient:
         """
         if start.tzinfo is None or end.tzinfo is None:
             raise GraphInvalidError("start and end must be timezone-aware", code="naive_datetime")
+        if not timedelta(0) < end - start < MAX_WINDOW:
+            raise GraphInvalidError(
+                f"a free/busy window lasts under {MAX_WINDOW.days} days", code="window"
+            )
         names = list(dict.fromkeys(schedules))
         path = f"/users/{_mailbox(organizer)}/calendar/getSchedule"
         chunks = [names[i : i + MAX_SCHEDULES] for i in range(0, len(names), MAX_SCHEDULES)]

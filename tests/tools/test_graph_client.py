@@ -123,6 +123,10 @@ async def test_errors_are_typed(graph: FakeGraph) -> None:
             await client.get_schedule(
                 "ana@contoso.com", ["x@contoso.com"], START.replace(tzinfo=None), END
             )
+        with pytest.raises(GraphInvalidError, match="under 62 days"):
+            await client.get_schedule(
+                "ana@contoso.com", ["x@contoso.com"], START, START + timedelta(days=62)
+            )
         (outside,) = await client.get_schedule("ana@contoso.com", ["x@fabrikam.com"], START, END)
     assert outside["error"]["responseCode"] == "ErrorMailRecipientNotFound"
 
