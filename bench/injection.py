@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -69,8 +70,12 @@ def agentdojo_templates() -> dict[str, str]:
 async def run(routes: Sequence[Route], templates: dict[str, str], root: Path) -> list[CaseResult]:
     """Every case on every route, each route over its own copy of the demo control plane."""
     results: list[CaseResult] = []
+    # Seeded once and restarted from a copy, as tests.demo does: the first start goes on
+    # seeding the releases after it answers.
+    stop(start(root / "template", demo=True))
     for route in routes:
-        cp = start(root / f"cp-{route}", demo=True)
+        shutil.copytree(root / "template", root / f"cp-{route}")
+        cp = start(root / f"cp-{route}", demo=False)
         try:
             async with lab(route, root / f"gw-{route}", cp.url, cp.tokens) as bench:
                 attacks = injection_tasks(bench.env)

@@ -261,10 +261,13 @@ class TurnService:
         entries: list[Entry] = []
         if getattr(self.loop.route, "uses_history", True):
             window = await self.store.history(admission.conversation_id, self.loop.history + 1)
+            # Only the person's own messages and the replies to them: in a shared thread,
+            # someone else's message is not this person's request (it could carry an
+            # instruction), and a reply to someone else may hold what only they may read.
             entries = [
                 UserText(m.text) if m.direction == "in" else AssistantText(m.text)
                 for m in window
-                if m.id != admission.message_id
+                if m.id != admission.message_id and m.principal_id == ref.name
             ]
         text = redact(msg.text).text
         ctx = self._context(policy, ref, chan, admission.conversation_id, request_id, audit_log=[])
