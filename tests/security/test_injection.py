@@ -17,8 +17,9 @@ from channels.base import InboundMessage
 from gateway.settings import ModelSettings
 from tests.demo import DemoControlPlane
 from tests.e2e.harness import running_gateway
-from tests.e2e.test_slack import ANA, SAM, TEAM, slack_policy
+from tests.e2e.test_slack import ANA, SAM, slack_policy
 from tests.fakes.openai_server import FakeOpenAI, Instruction, Obedient
+from tests.fakes.slack_api import TEAM
 from tests.security.injection_lab import (
     OUR_TEMPLATES,
     USER_TASKS,
