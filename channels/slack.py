@@ -65,6 +65,8 @@ _MENTION: Final = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _LINK: Final = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
 _BOLD: Final = re.compile(r"\*\*(.+?)\*\*")
 _HEADING: Final = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
+MALFORMED: Final = (AttributeError, TypeError, KeyError, ValueError)
+"""What bolt's parsing raises on a body that is not shaped like Slack's."""
 _SECTION_LIMIT: Final = 2900
 """Block Kit section text is limited to 3,000 characters."""
 _PER_MESSAGE: Final = 20
@@ -214,6 +216,7 @@ class SlackChannel:
             process_before_response=True,
             logger=log,
         )
+        self.bolt.error(self._on_error)
         self.bolt.event("message")(self._on_message)
         self.bolt.event("app_mention")(self._on_mention)
         self.bolt.command("/goodbot")(self._on_command)
@@ -251,13 +254,30 @@ class SlackChannel:
             # slack_sdk's verifier raises on a timestamp that is not a number (bolt: 500).
             response = BoltResponse(status=401, body='{"error":"invalid request"}')
         else:
-            response = await self.bolt.async_dispatch(await to_bolt_request(request))
+            try:
+                bolt_request = await to_bolt_request(request)
+            except MALFORMED as exc:  # bolt reads ids out of the body while building it
+                refused = await self._on_error(exc)
+                assert refused is not None
+                response = refused
+            else:
+                response = await self.bolt.async_dispatch(bolt_request)
         if response.status == 401:
             # Counted and audited, never blocked: behind a proxy every request, Slack's own
             # included, comes from one address.
             source = request.remote or "unknown"
             await self.turns.sign_in_failed(CHANNEL, source, "signature not verified", block=False)
         return await to_aiohttp_response(response)
+
+    async def _on_error(self, error: Exception) -> BoltResponse | None:
+        """Bolt's error handler: a signed body that is not one of Slack's shapes (``"event":
+        null``, a list where an object goes) makes bolt's parsing raise; that is 400, not the
+        500 that would make Slack retry it. Any other failure stays 500, so Slack retries."""
+        if isinstance(error, MALFORMED):
+            log.warning("refused a malformed Slack request", extra={"error": repr(error)[:200]})
+            return BoltResponse(status=400, body='{"error":"malformed request"}')
+        log.error("a Slack request failed", exc_info=error)
+        return None
 
     async def close(self) -> None:
         """Cancel the work still running (admitted turns are recovered at the next start)."""
