@@ -45,6 +45,8 @@ TEXT: Final = "what is pending my approval"
 PRINCIPALS: Final = 64
 CONTROL_PLANE: Final = (sys.executable, "-m", "gateway.cli", "controlplane", "serve", "--demo")
 GATEWAY: Final = (sys.executable, "-m", "bench.gateway_process")
+CPU: dict[str, float] = {}
+"""Gateway CPU milliseconds per message at the highest rate, by run tag (all replicas)."""
 
 
 async def _pg(sql: str) -> None:
@@ -77,6 +79,19 @@ def pg_schema() -> Iterator[dict[str, str]]:
         asyncio.run(_pg(f"DROP SCHEMA {schema} CASCADE"))
 
 
+def children_cpu(marker: str) -> float:
+    """CPU seconds (user + system) of every child process whose command line holds ``marker``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def measure(
     urls: list[str], tokens: list[str], args: argparse.Namespace, tag: str
 ) -> tuple[LoadResult, LoadResult]:
@@ -91,7 +106,11 @@ async def measure(
 
         for i in range(2 * len(urls)):  # warm each process's pools
             await send(i)
+        before = children_cpu("bench.gateway_process")
         highest = await closed_loop(send, args.seconds, args.concurrency)
+        used = children_cpu("bench.gateway_process") - before
+        if used:
+            CPU[tag] = used * 1000 / max(1, highest.requests)
         half = await open_loop(send, max(1.0, highest.rps / 2), args.seconds)
     return highest, half
 
@@ -111,8 +130,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     one, five, _ = os.getloadavg()
     print(f"load average before the run: {one:.2f} (1 min), {five:.2f} (5 min)")
-    results: list[tuple[str, LoadResult, LoadResult]] = []
-    results.append(("baseline: bare aiohttp NDJSON echo", *asyncio.run(echo(args))))
+    results: list[tuple[str, str, LoadResult, LoadResult]] = []
+    results.append(("baseline: bare aiohttp NDJSON echo", "echo", *asyncio.run(echo(args))))
     with tempfile.TemporaryDirectory() as tmp:
         cp_dir, gw_dir = Path(tmp) / "cp", Path(tmp) / "gw"
         gw_dir.mkdir()
@@ -139,12 +158,15 @@ def main() -> None:
                 )
 
             with gateway(Path(tmp) / "sqlite", {}) as url:
-                results.append(
-                    ("one gateway, SQLite", *asyncio.run(measure([url], tokens, args, "s")))
-                )
+                sqlite = asyncio.run(measure([url], tokens, args, "s"))
+                results.append(("one gateway, SQLite", "s", *sqlite))
             with pg_schema() as env, gateway(Path(tmp) / "pg1", env) as url:
                 results.append(
-                    ("one gateway, PostgreSQL", *asyncio.run(measure([url], tokens, args, "p")))
+                    (
+                        "one gateway, PostgreSQL",
+                        "p",
+                        *asyncio.run(measure([url], tokens, args, "p")),
+                    )
                 )
             with (
                 pg_schema() as env,
@@ -155,6 +177,7 @@ def main() -> None:
                 results.append(
                     (
                         "two gateways, PostgreSQL, client spreads",
+                        "q",
                         *asyncio.run(measure(pair, tokens, args, "q")),
                     )
                 )
@@ -163,6 +186,7 @@ def main() -> None:
                     results.append(
                         (
                             "two gateways, PostgreSQL, via balancer",
+                            "r",
                             *asyncio.run(measure([lb], tokens, args, "r")),
                         )
                     )
@@ -171,12 +195,13 @@ def main() -> None:
         f"plane on SQLite; every process on these {os.cpu_count()} CPUs"
     )
     print(f"highest rate: {args.concurrency} clients, closed loop, {args.seconds:g} s")
-    for label, highest, _ in results:
-        print(rate_line(label, highest))
+    for label, tag, highest, _ in results:
+        cpu = f"   gateway CPU {CPU[tag]:.1f} ms/msg" if tag in CPU else ""
+        print(rate_line(label, highest) + cpu)
     print(
         f"at half the highest rate: open loop, latency from the scheduled send, {args.seconds:g} s"
     )
-    for label, highest, half in results:
+    for label, _, highest, half in results:
         print(latency_line(f"{label} at {highest.rps / 2:.0f}/s"[:46], half))
 
 

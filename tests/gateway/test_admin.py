@@ -87,3 +87,33 @@ def test_ages() -> None:
     assert parse_age("90m").total_seconds() == 5400
     with pytest.raises(ValueError, match="not a duration"):
         parse_age("3 weeks")
+
+
+def test_policy_demo_writes_the_shared_policy_and_the_gateways_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GOODBOT_CONFIG", raising=False)
+    tokens = tmp_path / "demo-tokens.json"
+    tokens.write_text(json.dumps({"tokens": {"goodbot-gateway": {"token": "gbt_secret"}}}))
+    shared = tmp_path / "shared"
+    args = ["policy", "demo", "--data-dir", str(shared), "--controlplane-tokens", str(tokens)]
+    assert main(args) == 0
+    credential = shared / "controlplane-token"
+    assert credential.read_text().strip() == "gbt_secret"
+    assert credential.stat().st_mode & 0o777 == 0o600
+    assert (shared / "policy.yaml").exists() and (shared / "cli-tokens" / "ana").exists()
+    assert "gbt_secret" not in capsys.readouterr().out  # the secret is never printed
+    policy = (shared / "policy.yaml").read_text()
+    credential.write_text("rotated\n")
+    assert main(args) == 0  # never overwrites: an operator's edits and rotations stay
+    assert (shared / "policy.yaml").read_text() == policy
+    assert credential.read_text() == "rotated\n"
+
+
+def test_migrate_brings_the_store_up_to_date_and_says_to_which_revision(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gateway schema is up to date (revision ") and "None" not in out
+    assert (data_dir / "gateway.db").exists()
