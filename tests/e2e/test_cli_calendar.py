@@ -50,6 +50,7 @@ async def cal(
         domain="contoso.com",
         allowed_domains=["contoso.com"],
         client_secret=SECRET,
+        timeout_seconds=4,  # an attempt gets 2 s before it is retried
     )
     async with running_gateway(data_dir, demo_cp.url, demo_cp.gateway_token, graph=settings) as gw:
         yield gw
@@ -123,3 +124,18 @@ async def test_cab_meetings_are_listed_and_their_subjects_not_obeyed(
     assert call["name"] == "list_cab_meetings" and call["status"] == "ok", call
     assert "ignore previous instructions" in turn.reply
     assert turn.result["confirmation"] is None
+
+
+async def test_a_booking_retried_after_a_timeout_books_once(
+    cal: GatewayUnderTest, graph: FakeGraph
+) -> None:
+    turn = await cal.turn("ana", "book a CAB review with ana and li next tuesday")
+    confirmation = turn.confirmation
+    graph.knobs.slow_posts = [3.0]  # Graph books, but answers after the attempt's 2 s
+    status, body = await cal.decide("ana", str(confirmation["id"]))
+    assert status == 200 and body["result"]["status"] == "ok", body
+    (tid,) = set(graph.transaction_ids)
+    assert len(graph.transaction_ids) == 2  # the retry carried the same transactionId
+    (event,) = graph.booked.values()
+    assert body["result"]["data"]["event_id"] == event["id"]
+    assert body["result"]["data"]["transaction_id"] == tid
