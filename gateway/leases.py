@@ -49,6 +49,10 @@ KEEPALIVES: Final = {
 locks after about 10 + 5 * 3 s instead of the kernel's two hours."""
 
 
+CHECK_TIMEOUT: Final = 10.0
+"""Longest a lease check may take before the connection counts as lost."""
+
+
 def lease_key(name: str, namespace: str = "") -> int:
     """The advisory lock key of a duty: 64 bits of sha256 over ``goodbot:<namespace>:<name>``."""
     digest = hashlib.sha256(f"goodbot:{namespace}:{name}".encode()).digest()
@@ -100,15 +104,9 @@ class Leases:
             return True
         async with self._lock:
             try:
-                conn = await self._connection()
-                if name in self._held:
-                    await conn.execute(text("SELECT 1"))
-                    return True
-                result = await conn.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"),
-                    {"key": lease_key(name, self.namespace)},
-                )
-                taken = bool(result.scalar_one())
+                # A round trip that hangs (the database cut off) counts as a lost connection.
+                async with asyncio.timeout(CHECK_TIMEOUT):
+                    return await self._take(name)
             except Exception as exc:  # the connection is gone: so is every lease on it
                 log.warning(
                     "lease connection failed; holding no duties",
@@ -116,8 +114,18 @@ class Leases:
                 )
                 await self._drop()
                 return False
-            self._note(name, taken)
-            return taken
+
+    async def _take(self, name: str) -> bool:
+        conn = await self._connection()
+        if name in self._held:
+            await conn.execute(text("SELECT 1"))
+            return True
+        result = await conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": lease_key(name, self.namespace)}
+        )
+        taken = bool(result.scalar_one())
+        self._note(name, taken)
+        return taken
 
     async def every(self, name: str, seconds: float, duty: Callable[[], Awaitable[Any]]) -> None:
         """Run ``duty`` every ``seconds`` while this replica holds ``name``; until cancelled.

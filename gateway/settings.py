@@ -71,8 +71,10 @@ class ReplicaSettings(Section):
     """How often a replica without a duty's lease tries to take it (the failover bound)."""
     recovery_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How often the replica holding the recovery lease looks for work a dead one left."""
-    recover_after_seconds: float = Field(default=120.0, ge=0, le=86_400)
-    """Work left unfinished this long counts as abandoned (longer than any turn takes)."""
+    recover_after_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    """Work left unfinished this long counts as a dead replica's: keep it longer than a turn
+    can take (``max_steps`` × (``model.timeout_seconds`` + ``controlplane.timeout_seconds``),
+    240 s with the defaults), or a slow turn would be answered twice."""
     shared_rate_limit: bool = True
     """Keep the per-principal message rate in PostgreSQL, so it holds across replicas."""
 
@@ -336,7 +338,8 @@ def describe(settings: GatewaySettings) -> list[str]:
         f"server: {settings.server.host}:{settings.server.port}",
         f"controlplane: {settings.controlplane.url or 'embedded, with demo data'}",
         f"controlplane credential: {'set' if settings.secret('controlplane') else 'not set'}",
-        f"database: {settings.database.url or 'SQLite in the data directory'}",
+        f"database: {settings.database.url or 'SQLite in the data directory'}"
+        + ("" if settings.database.migrate_on_start else " (migrated by `goodbot migrate`)"),
         f"model route: {settings.model.route}",
     ]
     if settings.model.route == "openai":

@@ -94,3 +94,24 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
     assert "config OK" in good.stdout and "model key: set" in good.stdout
     assert secret not in good.stdout + good.stderr
+
+
+def test_replica_settings_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path, "replicas: {lease_retry_seconds: 5}\ndatabase: {migrate_on_start: true}\n"
+    )
+    monkeypatch.setenv("GOODBOT_DATABASE__MIGRATE_ON_START", "false")
+    monkeypatch.setenv("GOODBOT_REPLICAS__RECOVER_AFTER_SECONDS", "300")
+    settings = load(path)
+    assert settings.replicas.lease_retry_seconds == 5
+    assert settings.replicas.recover_after_seconds == 300
+    assert settings.replicas.shared_rate_limit is True
+    assert settings.database.migrate_on_start is False
+    with pytest.raises(ConfigError) as refused:
+        load(write(tmp_path, "replicas: {lease_retry: 5}\n"))
+    assert refused.value.key == "replicas.lease_retry"
+    with pytest.raises(ConfigError) as refused:
+        load(write(tmp_path, "replicas: {lease_retry_seconds: 0}\n"))
+    assert refused.value.key == "replicas.lease_retry_seconds"
