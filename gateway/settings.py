@@ -73,7 +73,7 @@ class ReplicaSettings(Section):
     """How often the replica holding the recovery lease looks for work a dead one left."""
     recover_after_seconds: float = Field(default=300.0, ge=0, le=86_400)
     """Work left unfinished this long counts as a dead replica's: keep it longer than a turn
-    can take (``max_steps`` × (``model.timeout_seconds`` + ``controlplane.timeout_seconds``),
+    can take (``max_steps`` * (``model.timeout_seconds`` + ``controlplane.timeout_seconds``),
     240 s with the defaults), or a slow turn would be answered twice."""
     shared_rate_limit: bool = True
     """Keep the per-principal message rate in PostgreSQL, so it holds across replicas."""
