@@ -122,16 +122,58 @@ async def echo(args: argparse.Namespace) -> tuple[LoadResult, LoadResult]:
         return await measure([url], ["unused"], args, "echo")
 
 
+Run = tuple[str, LoadResult, LoadResult, float]
+"""A configuration's label, highest rate, latency at half of it, gateway CPU ms per message."""
+
+
+def one_round(
+    tmp: Path, cp_url: str, credential: dict[str, str], tokens: list[str], args: argparse.Namespace
+) -> list[Run]:
+    """Every configuration once, each on fresh processes (and a fresh schema)."""
+    policy = (tmp / "gw" / "policy.yaml").read_bytes()
+    runs: list[Run] = []
+
+    def gateway(data: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+        data.mkdir(exist_ok=True)
+        (data / "policy.yaml").write_bytes(policy)
+        return subprocess_server(
+            [*GATEWAY, "--data-dir", str(data), "--cp-url", cp_url],
+            {**credential, **env},
+            "gateway:",
+        )
+
+    def run(label: str, urls: list[str]) -> None:
+        CPU.clear()
+        highest, half = asyncio.run(measure(urls, tokens, args, "gw"))
+        runs.append((label, highest, half, CPU.get("gw", float("nan"))))
+
+    tag = uuid.uuid4().hex[:6]
+    with gateway(tmp / f"sqlite-{tag}", {}) as url:
+        run("one gateway, SQLite", [url])
+    with pg_schema() as env, gateway(tmp / f"pg1-{tag}", env) as url:
+        run("one gateway, PostgreSQL", [url])
+    with (
+        pg_schema() as env,
+        gateway(tmp / f"pg2a-{tag}", env) as first,
+        gateway(tmp / f"pg2b-{tag}", env) as second,
+    ):
+        run("two gateways, PostgreSQL, client spreads", [first, second])
+        balancer = [sys.executable, "-m", "tests.fakes.balancer", first, second]
+        with subprocess_server(balancer, {}, "balancer:") as lb:
+            run("two gateways, PostgreSQL, via balancer", [lb])
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="every configuration, this often")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     one, five, _ = os.getloadavg()
     print(f"load average before the run: {one:.2f} (1 min), {five:.2f} (5 min)")
-    results: list[tuple[str, str, LoadResult, LoadResult]] = []
-    results.append(("baseline: bare aiohttp NDJSON echo", "echo", *asyncio.run(echo(args))))
+    rounds: list[list[Run]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cp_dir, gw_dir = Path(tmp) / "cp", Path(tmp) / "gw"
         gw_dir.mkdir()
@@ -147,62 +189,36 @@ def main() -> None:
             demo = json.loads((cp_dir / "demo-tokens.json").read_text())["tokens"]
             credential = {CREDENTIAL_ENV: demo["goodbot-gateway"]["token"]}
             tokens = bench_policy(gw_dir, PRINCIPALS, ("ana", "li"))
-
-            def gateway(data: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
-                data.mkdir(exist_ok=True)
-                (data / "policy.yaml").write_bytes((gw_dir / "policy.yaml").read_bytes())
-                return subprocess_server(
-                    [*GATEWAY, "--data-dir", str(data), "--cp-url", cp_url],
-                    {**credential, **env},
-                    "gateway:",
-                )
-
-            with gateway(Path(tmp) / "sqlite", {}) as url:
-                sqlite = asyncio.run(measure([url], tokens, args, "s"))
-                results.append(("one gateway, SQLite", "s", *sqlite))
-            with pg_schema() as env, gateway(Path(tmp) / "pg1", env) as url:
-                results.append(
-                    (
-                        "one gateway, PostgreSQL",
-                        "p",
-                        *asyncio.run(measure([url], tokens, args, "p")),
-                    )
-                )
-            with (
-                pg_schema() as env,
-                gateway(Path(tmp) / "pg2a", env) as first,
-                gateway(Path(tmp) / "pg2b", env) as second,
-            ):
-                pair = [first, second]
-                results.append(
-                    (
-                        "two gateways, PostgreSQL, client spreads",
-                        "q",
-                        *asyncio.run(measure(pair, tokens, args, "q")),
-                    )
-                )
-                balancer = [sys.executable, "-m", "tests.fakes.balancer", *pair]
-                with subprocess_server(balancer, {}, "balancer:") as lb:
-                    results.append(
-                        (
-                            "two gateways, PostgreSQL, via balancer",
-                            "r",
-                            *asyncio.run(measure([lb], tokens, args, "r")),
-                        )
-                    )
+            for _ in range(args.rounds):
+                echo_highest, echo_half = asyncio.run(echo(args))
+                baseline = ("baseline: bare aiohttp NDJSON echo", echo_highest, echo_half, 0.0)
+                rounds.append([baseline, *one_round(Path(tmp), cp_url, credential, tokens, args)])
+    one, five, _ = os.getloadavg()
+    print(f"load average after the run: {one:.2f} (1 min), {five:.2f} (5 min)")
     print(
         f"message {TEXT!r} (one control-plane read); {PRINCIPALS} principals; demo control "
-        f"plane on SQLite; every process on these {os.cpu_count()} CPUs"
+        f"plane on SQLite; every process on these {os.cpu_count()} CPUs; {args.rounds} rounds, "
+        f"each configuration on fresh processes"
     )
-    print(f"highest rate: {args.concurrency} clients, closed loop, {args.seconds:g} s")
-    for label, tag, highest, _ in results:
-        cpu = f"   gateway CPU {CPU[tag]:.1f} ms/msg" if tag in CPU else ""
-        print(rate_line(label, highest) + cpu)
-    print(
-        f"at half the highest rate: open loop, latency from the scheduled send, {args.seconds:g} s"
-    )
-    for label, _, highest, half in results:
-        print(latency_line(f"{label} at {highest.rps / 2:.0f}/s"[:46], half))
+    for n, runs in enumerate(rounds, 1):
+        print(
+            f"round {n}: highest rate ({args.concurrency} clients, closed loop, {args.seconds:g} s)"
+        )
+        for label, highest, _, cpu in runs:
+            extra = f"   gateway CPU {cpu:.1f} ms/msg" if cpu else ""
+            print(rate_line(label, highest) + extra)
+        print(f"round {n}: at half the highest rate (open loop, from the scheduled send)")
+        for label, highest, half, _ in runs:
+            print(latency_line(f"{label} at {highest.rps / 2:.0f}/s"[:46], half))
+    print("median over the rounds: highest rate, and p99 at half of it")
+    for i, (label, *_) in enumerate(rounds[0]):
+        rates = sorted(r[i][1].rps for r in rounds)
+        p99s = sorted(r[i][2].pct(0.99) for r in rounds)
+        rate, p99 = rates[len(rates) // 2], p99s[len(p99s) // 2]
+        print(
+            f"{label:<46} {rate:>7.0f} msg/s (range {rates[0]:.0f}-{rates[-1]:.0f})"
+            f"   p99 {p99:8.2f} ms (range {p99s[0]:.0f}-{p99s[-1]:.0f})"
+        )
 
 
 if __name__ == "__main__":

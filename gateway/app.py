@@ -331,6 +331,20 @@ async def _duties(app: web.Application) -> AsyncIterator[None]:
             )
         )
     )
+    if settings.retention_days is not None:
+        keep = timedelta(days=settings.retention_days)
+
+        async def retain() -> None:
+            purged = await gateway.store.purge(keep)
+            delivered = await gateway.store.notifications.purge_delivered(keep)
+            log.info(
+                "retention applied",
+                extra={"messages": purged.messages, "notifications": delivered},
+            )
+
+        gateway.tasks.append(
+            asyncio.create_task(leases.every("retention", settings.retention_sweep_seconds, retain))
+        )
     if leases.shared:
         replicas = settings.replicas
 

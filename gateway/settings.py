@@ -220,6 +220,12 @@ class GatewaySettings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)
     """How long a proposed change waits for its confirmation (default ten minutes)."""
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    """Finished messages, confirmations and delivered notifications older than this are
+    deleted by a background duty (as ``goodbot sessions purge`` does); None keeps them. Keep it
+    far longer than any channel retries a delivery (a retry after it would be admitted again)."""
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0, le=86_400)
+    """How often the retention duty runs."""
     expiry_sweep_seconds: float = Field(default=30.0, gt=0, le=3600)
     """How often pending confirmations past their expiry are marked expired."""
     max_steps: int = Field(default=6, ge=1, le=20)
