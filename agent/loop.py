@@ -55,6 +55,8 @@ class AgentLoop:
                 return result
         result = TurnResult(reply="", route=self.route.name)
         transcript: list[Entry] = [*turn.history[-self.history :], UserText(turn.text)]
+        # The person's own words (the gateway keeps only theirs in the history).
+        asked = "\n".join(e.text for e in transcript if isinstance(e, UserText))
         for step in range(self.max_steps):
             request = StepRequest(transcript, turn.tools, turn.ctx.principal, step)
             started = time.perf_counter()
@@ -75,7 +77,7 @@ class AgentLoop:
             assert isinstance(produced.step, CallTools)
             calls = produced.step.calls[:MAX_CALLS_PER_STEP]
             transcript.append(AssistantCalls(tuple(calls), produced.step.text))
-            outcomes = await run_calls(self.executor, turn, calls, result, emit)
+            outcomes = await run_calls(self.executor, turn, calls, result, emit, asked)
             transcript.extend(
                 ToolOutput(o.call_id, o.name, o.status, o.text, o.data) for o in outcomes
             )

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from agent.intent import unasked
 from agent.route import Entry
 from sessions.canonical import iso
 from sessions.results import Confirmation
@@ -67,8 +68,13 @@ async def run_calls(
     calls: Sequence[ToolCall],
     result: TurnResult,
     emit: Emit,
+    asked: str | None = None,
 ) -> list[ToolOutcome]:
-    """Run one step's calls, at most one proposal per turn, and report each."""
+    """Run one step's calls, at most one proposal per turn, and report each.
+
+    With ``asked`` (the person's own words, for a route's calls), a change they did not ask
+    for is refused (``agent.intent``).
+    """
     allowed: list[ToolCall] = []
     refused: dict[str, ToolOutcome] = {}
     proposing = result.confirmation is not None
@@ -82,6 +88,11 @@ async def run_calls(
             }
         )
         spec = executor.registry.get(call.name)
+        if spec is not None and spec.mutating and asked is not None:
+            why = unasked(spec.action, call.arguments, asked)
+            if why is not None:
+                refused[call.id] = ToolOutcome(call.id, call.name, {}, "denied", why, rule="intent")
+                continue
         if spec is not None and spec.mutating:
             if proposing:
                 refused[call.id] = ToolOutcome(

@@ -29,12 +29,12 @@ from bench.common import machine
 from tests.demo import start, stop
 from tests.security.injection_lab import (
     OUR_TEMPLATES,
-    USER_TASKS,
     CaseResult,
     Route,
     injection_tasks,
     lab,
     summarize,
+    user_tasks,
 )
 
 AGENTDOJO_ATTACKS = (
@@ -79,7 +79,7 @@ async def run(routes: Sequence[Route], templates: dict[str, str], root: Path) ->
         try:
             async with lab(route, root / f"gw-{route}", cp.url, cp.tokens) as bench:
                 attacks = injection_tasks(bench.env)
-                for task in USER_TASKS:
+                for task in user_tasks(bench.env):
                     results.append(await bench.run(task, None, None))
                     for attack in attacks:
                         for name, template in templates.items():
