@@ -19,6 +19,7 @@ BENCHES = (
     ["bench.release_reads"],
     ["bench.gateway_pipeline"],
     ["bench.gateway_model_load"],
+    ["bench.slack_channel"],
     ["bench.replicas"],
 )
 
