@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from sqlalchemy import text
 
 from agent.loop import AgentLoop
@@ -30,6 +32,7 @@ from gateway.delivery import Delivery
 from gateway.leases import Leases
 from gateway.metrics import Metrics
 from gateway.observability import correlation_middleware, echo_correlation
+from gateway.proxies import forwarded_middleware
 from gateway.settings import GatewaySettings
 from gateway.turns import TurnService
 from policy.loader import PolicySource
@@ -219,7 +222,11 @@ async def close_gateway(gateway: Gateway) -> None:
 
 def build_app(gateway: Gateway) -> web.Application:
     """The aiohttp application serving the channels and the health endpoints."""
-    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[correlation_middleware])
+    middlewares: list[Middleware] = [correlation_middleware]
+    if gateway.settings.server.trusted_proxies:
+        trusted = [ipaddress.ip_network(n) for n in gateway.settings.server.trusted_proxies]
+        middlewares.insert(0, forwarded_middleware(trusted))
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=middlewares)
     app.on_response_prepare.append(echo_correlation)
     app[GATEWAY] = gateway
     app.router.add_routes(CliChannel(gateway.turns).routes())

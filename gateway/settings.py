@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +47,9 @@ class ServerSettings(Section):
     """Address the gateway listens on."""
     port: int = Field(default=8080, ge=0, le=65535)
     """Port the gateway listens on; 0 picks a free one."""
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Reverse proxies (addresses or networks) whose ``X-Forwarded-For`` names the client,
+    such as the load balancer's; from other peers the header is ignored."""
 
 
 class ControlPlaneSettings(Section):
