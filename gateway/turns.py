@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from agent.commands import decide_confirmation, describe_decision
 from agent.loop import AgentLoop
 from agent.route import AssistantText, Entry, UserText
@@ -50,6 +52,8 @@ from tools.graph import GraphClient
 from tools.registry import ToolContext, ToolSpec
 
 log = logging.getLogger(__name__)
+
+STORE_DOWN = "goodbot cannot write to its database right now; try again in a minute."
 
 
 @dataclass
@@ -155,7 +159,21 @@ class TurnService:
     # Admission.
 
     async def admit(self, message: InboundMessage) -> Admission:
-        """Check and store a message; raise ``RefusedError`` with nothing but an audit stored."""
+        """Check and store a message; raise ``RefusedError`` with nothing but an audit stored.
+
+        A store that cannot write (disk full, a dropped connection, a lock held too long) is
+        a 503 asking to try again: the message was not taken, so nothing is lost.
+        """
+        try:
+            return await self._admit(message)
+        except SQLAlchemyError:
+            log.exception("could not store a message", extra={"channel": message.channel})
+            self.metrics.messages.labels(message.channel, "unavailable").inc()
+            raise RefusedError(
+                503, "unavailable", STORE_DOWN + " Your message was not taken.", retry_after=30
+            ) from None
+
+    async def _admit(self, message: InboundMessage) -> Admission:
         policy = self.policy.current
         channel = message.channel
         if channel not in CHANNELS:
@@ -239,6 +257,13 @@ class TurnService:
         try:
             async with lane.lock, self._running:
                 return await self._turn(admission, emit)
+        except SQLAlchemyError:
+            # The message is stored and still open: it is answered at the next start
+            # (``recover``), or by the channel's retry.
+            log.exception("could not store a turn", extra={"message_id": admission.message_id})
+            raise RefusedError(
+                503, "unavailable", STORE_DOWN + " Your message is kept and will be answered."
+            ) from None
         finally:
             lane.users -= 1
             if lane.users == 0:

@@ -24,6 +24,7 @@ Each case's checks are deterministic, on the state afterwards:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -282,6 +283,10 @@ class InjectingProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.payload: str | None = None
+        self.delay = 0.0
+        """Seconds each answer waits (a slow control plane)."""
+        self.fail: int | None = None
+        """A status every answer has instead of the control plane's (a failing one)."""
         self.bodies: list[bytes] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -292,7 +297,7 @@ class InjectingProxy:
         self._http = aiohttp.ClientSession(auto_decompress=True)
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         host, port = self._runner.addresses[0][:2]
@@ -310,6 +315,11 @@ class InjectingProxy:
         assert self._http is not None
         body = await request.read()
         self.bodies.append(body)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            error = {"code": "internal", "message": "injected failure", "request_id": "req_x"}
+            return web.json_response({"error": error}, status=self.fail)
         headers = {
             k: v
             for k, v in request.headers.items()
