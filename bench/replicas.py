@@ -7,15 +7,20 @@ and audited), measured in one run, on one machine, for:
 - the bare aiohttp NDJSON echo (the baseline: what HTTP alone costs here);
 - one gateway on SQLite (the single-process default);
 - one gateway on PostgreSQL;
+- one gateway on PostgreSQL with the message rate kept in the process (what the shared,
+  PostgreSQL-held rate limit costs);
 - two gateways on one PostgreSQL schema, the client spreading messages over both;
 - the same two behind the suite's round-robin balancer (``tests.fakes.balancer``), one more
   process and one more hop, as a load balancer adds in a deployment.
 
-Each: the highest rate (closed loop, ``--concurrency`` clients), then p50/p99 at half that
-rate (open loop, latency from the scheduled send). The demo control plane (SQLite) serves
-every configuration. Every process shares this machine's CPUs, PostgreSQL included.
+Each: the highest rate (closed loop, ``--concurrency`` clients) with the gateways' CPU per
+message, then p50/p99 at half that rate (open loop, latency from the scheduled send; the echo
+at the SQLite gateway's half rate). ``--rounds`` repeats every configuration on fresh
+processes and prints the medians, since this machine's figures move between runs. The demo
+control plane (SQLite) serves every configuration. Every process shares this machine's CPUs,
+PostgreSQL included.
 
-    .venv/bin/python -m bench.replicas [--seconds 6] [--concurrency 32]
+    .venv/bin/python -m bench.replicas [--seconds 6] [--concurrency 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -115,11 +120,19 @@ async def measure(
     return highest, half
 
 
-async def echo(args: argparse.Namespace) -> tuple[LoadResult, LoadResult]:
-    """The baseline through the same client code: a bare aiohttp NDJSON echo process."""
+async def echo(args: argparse.Namespace, rate: float) -> tuple[LoadResult, LoadResult]:
+    """The baseline through the same client code: a bare aiohttp NDJSON echo process, its
+    highest rate, and its latency at ``rate`` (the SQLite gateway's half rate, since this
+    generator cannot hold half the echo's own rate on a schedule)."""
     port = free_port()
     with subprocess_server([sys.executable, "-c", NDJSON_ECHO, str(port), "0"], {}, "echo:") as url:
-        return await measure([url], ["unused"], args, "echo")
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+        ) as http:
+            send = turns(http, url, ["unused"], TEXT, "echo")
+            highest = await closed_loop(send, args.seconds, args.concurrency)
+            at = await open_loop(send, rate, args.seconds)
+    return highest, at
 
 
 Run = tuple[str, LoadResult, LoadResult, float]
@@ -152,6 +165,9 @@ def one_round(
         run("one gateway, SQLite", [url])
     with pg_schema() as env, gateway(tmp / f"pg1-{tag}", env) as url:
         run("one gateway, PostgreSQL", [url])
+    local_rate = {"GOODBOT_REPLICAS__SHARED_RATE_LIMIT": "false"}
+    with pg_schema() as env, gateway(tmp / f"pg0-{tag}", {**env, **local_rate}) as url:
+        run("one gateway, PostgreSQL, rate in process", [url])
     with (
         pg_schema() as env,
         gateway(tmp / f"pg2a-{tag}", env) as first,
@@ -190,9 +206,10 @@ def main() -> None:
             credential = {CREDENTIAL_ENV: demo["goodbot-gateway"]["token"]}
             tokens = bench_policy(gw_dir, PRINCIPALS, ("ana", "li"))
             for _ in range(args.rounds):
-                echo_highest, echo_half = asyncio.run(echo(args))
-                baseline = ("baseline: bare aiohttp NDJSON echo", echo_highest, echo_half, 0.0)
-                rounds.append([baseline, *one_round(Path(tmp), cp_url, credential, tokens, args)])
+                runs = one_round(Path(tmp), cp_url, credential, tokens, args)
+                echo_highest, echo_at = asyncio.run(echo(args, runs[0][1].rps / 2))
+                baseline = ("baseline: bare aiohttp NDJSON echo", echo_highest, echo_at, 0.0)
+                rounds.append([baseline, *runs])
     one, five, _ = os.getloadavg()
     print(f"load average after the run: {one:.2f} (1 min), {five:.2f} (5 min)")
     print(
@@ -209,7 +226,8 @@ def main() -> None:
             print(rate_line(label, highest) + extra)
         print(f"round {n}: at half the highest rate (open loop, from the scheduled send)")
         for label, highest, half, _ in runs:
-            print(latency_line(f"{label} at {highest.rps / 2:.0f}/s"[:46], half))
+            at = runs[1][1] if label.startswith("baseline") else highest
+            print(latency_line(f"{label} at {at.rps / 2:.0f}/s"[:46], half))
     print("median over the rounds: highest rate, and p99 at half of it")
     for i, (label, *_) in enumerate(rounds[0]):
         rates = sorted(r[i][1].rps for r in rounds)
