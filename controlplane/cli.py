@@ -72,7 +72,7 @@ async def _migrate(settings: ControlPlaneSettings) -> None:
 
 async def serve(settings: ControlPlaneSettings, *, demo: bool) -> int:
     """Serve until SIGINT or SIGTERM; print ``control plane: URL`` once it answers."""
-    app = await create_app(settings)
+    app = await create_app(settings, migrate=settings.migrate_on_start)
     tokens_file = None
     if demo:
         from controlplane.demo import ensure_demo

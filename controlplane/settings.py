@@ -23,6 +23,10 @@ class ControlPlaneSettings(BaseSettings):
     database_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """PostgreSQL schema to keep the tables in (the connection's search_path); None for default."""
 
+    migrate_on_start: bool = True
+    """Apply the migrations when serving starts; off when ``goodbot controlplane migrate``
+    runs them as a step of its own (the Kubernetes Job), so the service needs no DDL rights."""
+
     host: str = "127.0.0.1"
     """Address to listen on."""
 

@@ -58,6 +58,7 @@ def test_compose_runs_two_gateways_on_one_database_behind_a_balancer() -> None:
         assert env["GOODBOT_DATABASE__URL"].startswith("postgresql+asyncpg://goodbot@postgres:")
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert service["command"][0] == "serve"
+    assert services["controlplane"]["environment"]["GOODBOT_CP_MIGRATE_ON_START"] == "false"
     assert services["migrate"]["command"] == ["migrate"]
     assert services["controlplane-migrate"]["command"] == ["controlplane", "migrate"]
     nginx = (DEPLOY / "nginx.conf").read_text()

@@ -113,6 +113,9 @@ def test_pods_are_probed_bounded_non_root_and_read_secrets_by_reference(
         if d["kind"] == "ConfigMap" and "GOODBOT_POLICY_FILE" in d["data"]
     ]
     assert literals[0]["GOODBOT_DATABASE__MIGRATE_ON_START"] == "false"
+    controlplane = of(rendered, "Deployment")["goodbot-controlplane"]
+    cp_env = {e["name"]: e.get("value") for e in containers(controlplane)[0]["env"]}
+    assert cp_env["GOODBOT_CP_MIGRATE_ON_START"] == "false"
 
 
 def test_the_gateway_admits_only_the_load_balancer_and_the_control_plane(
