@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from sqlalchemy import text
 
 from agent.loop import AgentLoop
 from agent.route import Route
@@ -36,7 +36,7 @@ from gateway.proxies import forwarded_middleware
 from gateway.settings import GatewaySettings
 from gateway.turns import TurnService
 from policy.loader import PolicySource
-from sessions.db import sqlite_url
+from sessions.db import current_revision, head_revision, sqlite_url
 from sessions.store import SessionStore
 from tools.controlplane import ControlPlaneClient
 from tools.executor import ToolExecutor
@@ -276,13 +276,17 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the database answers and the control plane answers its ``/healthz``."""
+    """Readiness: the database answers at the schema this code needs, and the control plane
+    answers its ``/healthz``."""
     gateway = request.app[GATEWAY]
     checks: dict[str, str] = {}
     try:
-        async with asyncio.timeout(2), gateway.store.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        async with asyncio.timeout(2):
+            found = await current_revision(gateway.store.engine)
+        needed = _head_revision()
+        checks["database"] = (
+            "ok" if found == needed else f"failing: schema at {found}, needs {needed} (migrate)"
+        )
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = f"failing: {type(exc).__name__}"
     try:
@@ -308,6 +312,11 @@ async def readyz(request: web.Request) -> web.Response:
             "reason": policy.last_error.reason,
         }
     return web.json_response(body, status=200 if ready else 503)
+
+
+@functools.cache
+def _head_revision() -> str | None:
+    return head_revision()
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -125,6 +125,13 @@ async def migrate(engine: AsyncEngine) -> None:
         await connection.run_sync(_upgrade)
 
 
+def head_revision() -> str | None:
+    """The newest migration this code ships (what ``migrate`` brings the database to)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The gateway's migration revision in the database, None before the first migration."""
 
