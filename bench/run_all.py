@@ -21,6 +21,7 @@ BENCHES = (
     ["bench.gateway_model_load"],
     ["bench.slack_channel"],
     ["bench.replicas"],
+    ["bench.email_channel"],
 )
 
 

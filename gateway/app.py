@@ -3,9 +3,9 @@
 ``build_app`` wires the policy file, the session store, the control-plane client, the tool
 registry and executor, the route (rules or openai), the agent loop, the turn service and the
 channels into one aiohttp application with ``/healthz``, ``/readyz`` and ``/metrics``.
-Long-lived duties (policy reload, confirmation expiry, notifications, crash recovery) run as
-``cleanup_ctx`` tasks; all but the policy reload hold a lease (``gateway.leases``), so with
-several replicas on PostgreSQL each runs on one replica at a time.
+Long-lived duties (policy reload, confirmation expiry, notifications, crash recovery, the email
+channel's mailbox) run as ``cleanup_ctx`` tasks; all but the policy reload hold a lease
+(``gateway.leases``), so with several replicas on PostgreSQL each runs on one replica at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import contextlib
 import functools
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +43,9 @@ from tools.executor import ToolExecutor
 from tools.graph import GraphClient
 from tools.graph_auth import ClientCertificate
 from tools.registry import Registry
+
+if TYPE_CHECKING:
+    from channels.email import EmailChannel
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+EMAIL: web.AppKey[EmailChannel] = web.AppKey("email")
+"""The email channel (``channels.email.EmailChannel``), present only when it is configured."""
 
 
 def database_url(settings: GatewaySettings) -> str:
@@ -232,6 +237,8 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_routes(CliChannel(gateway.turns).routes())
     if gateway.settings.slack.enabled:
         _add_slack(app, gateway)
+    if gateway.settings.email.enabled:
+        _add_email(app, gateway)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -268,6 +275,63 @@ def _add_slack(app: web.Application, gateway: Gateway) -> None:
         await slack.close()
 
     app.on_cleanup.append(close_slack)
+
+
+def _add_email(app: web.Application, gateway: Gateway) -> None:
+    """Run the email channel as a duty (only when its mailbox and relay are configured)."""
+    import secrets
+
+    from channels.email import EmailChannel, MailConfig
+    from channels.email_imap import ImapEndpoint
+    from channels.email_smtp import SmtpEndpoint
+    from gateway.bootstrap import write_secret
+
+    conf = gateway.settings.email
+    assert conf.address and conf.imap_host and conf.smtp_host and conf.imap_username
+    ca = str(conf.ca_file) if conf.ca_file is not None else None
+    key = conf.password("code")
+    if key is None:
+        key_file = gateway.settings.data_dir / "email-code-key"
+        if not key_file.exists():
+            write_secret(key_file, secrets.token_hex(32))
+        key = key_file.read_text().strip()
+    config = MailConfig(
+        address=conf.address.lower(),
+        imap=ImapEndpoint(
+            conf.imap_host,
+            conf.imap_port,
+            conf.imap_tls,
+            conf.imap_username,
+            conf.password("imap") or "",
+            conf.imap_mailbox,
+            ca,
+            conf.timeout_seconds,
+        ),
+        smtp=SmtpEndpoint(
+            conf.smtp_host,
+            conf.smtp_port,
+            conf.smtp_tls,
+            conf.smtp_username,
+            conf.password("smtp"),
+            ca,
+            conf.timeout_seconds,
+        ),
+        authserv_ids=tuple(conf.trusted_authserv_ids),
+        code_secret=key.encode(),
+        display_name=conf.display_name,
+        own_addresses=frozenset(a.lower() for a in conf.own_addresses),
+        idle=conf.imap_idle,
+        poll_seconds=conf.poll_seconds,
+        max_email_bytes=conf.max_email_bytes,
+        sender_rate_per_minute=conf.sender_rate_per_minute,
+    )
+    channel = EmailChannel(gateway.turns, gateway.store.mail, config)
+    app[EMAIL] = channel
+
+    async def close_email(_: web.Application) -> None:
+        await channel.close()
+
+    app.on_cleanup.append(close_email)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -390,6 +454,11 @@ async def _duties(app: web.Application) -> AsyncIterator[None]:
                 )
             )
         )
+    if EMAIL in app:
+        # After ``recover``: the replies recovered turns stored are what its flush sends first.
+        gateway.tasks.append(
+            asyncio.create_task(_while_held(leases, "email.mailbox", app[EMAIL].run))
+        )
     yield
 
 
@@ -400,6 +469,36 @@ async def _recover(gateway: Gateway, older_than: float) -> None:
             "recovered unfinished work",
             extra={"messages": answered, "confirmations": resumed},
         )
+
+
+async def _while_held(
+    leases: Leases, name: str, run: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Run the long-lived ``run`` while this replica holds lease ``name``; until cancelled.
+
+    For a duty that is one endless loop (the mailbox's IDLE) rather than a periodic call: it is
+    started when the lease is taken and cancelled as soon as the lease is lost.
+    """
+    while True:
+        if not await leases.hold(name):
+            await asyncio.sleep(leases.retry_seconds)
+            continue
+        task = asyncio.create_task(run())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=leases.retry_seconds)
+                if not task.done() and not await leases.hold(name):
+                    break
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "duty ended with an error", extra={"duty": name}, exc_info=task.exception()
+                )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await asyncio.sleep(leases.retry_seconds)
 
 
 async def _reload(gateway: Gateway) -> None:

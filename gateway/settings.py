@@ -34,6 +34,9 @@ SECRET_KEYS: Final = (
     ("slack", "bot_token"),
     ("slack", "app_token"),
     ("graph", "client_secret"),
+    ("email", "imap_password"),
+    ("email", "smtp_password"),
+    ("email", "code_secret"),
 )
 """Settings that hold secrets: refused in the YAML file, read from the environment or a file."""
 
@@ -210,6 +213,100 @@ class GraphSettings(Section):
         return None
 
 
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+_HOST: Final = r"^[A-Za-z0-9.:_-]{1,253}$"
+_ADDRESS: Final = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+class EmailSettings(Section):
+    """The email channel: a mailbox read over IMAP, replies through an SMTP relay.
+
+    On when ``address``, ``imap_host`` and ``smtp_host`` are set; then ``trusted_authserv_ids``
+    and the IMAP login are required.
+    """
+
+    address: str | None = Field(default=None, pattern=_ADDRESS)
+    """goodbot's own address: replies come from it, and mail from it is never answered."""
+    display_name: str = Field(default="goodbot", min_length=1, max_length=100)
+    """The name shown with ``address`` on replies."""
+    own_addresses: list[str] = []
+    """Further addresses that deliver into the mailbox (aliases); never answered either."""
+    trusted_authserv_ids: list[str] = []
+    """The authserv-ids of the receiving servers whose Authentication-Results headers decide
+    trust (``mx.example.com``); headers from any other server are ignored."""
+    imap_host: str | None = Field(default=None, pattern=_HOST)
+    """The IMAP server."""
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    """Its port (993 is IMAP over TLS)."""
+    imap_tls: Literal["tls", "none"] = "tls"
+    """``tls``: implicit TLS (aioimaplib has no STARTTLS); ``none`` only for a loopback host."""
+    imap_username: str | None = None
+    """The mailbox's login."""
+    imap_password: SecretStr | None = None
+    """Its password (environment: ``GOODBOT_EMAIL__IMAP_PASSWORD``)."""
+    imap_password_file: Path | None = None
+    """A file holding the IMAP password."""
+    imap_mailbox: str = Field(default="INBOX", min_length=1, max_length=200)
+    """The folder requests arrive in."""
+    imap_idle: bool = True
+    """Wait for new mail with IMAP IDLE when the server offers it (otherwise poll)."""
+    poll_seconds: float = Field(default=30.0, gt=0, le=1500)
+    """How often the mailbox is read without IDLE; with IDLE, how often IDLE is renewed."""
+    smtp_host: str | None = Field(default=None, pattern=_HOST)
+    """The relay replies are handed to."""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    """Its port (587 submission with STARTTLS, 465 implicit TLS)."""
+    smtp_tls: Literal["tls", "starttls", "none"] = "starttls"
+    """``tls`` (implicit), ``starttls`` (required, not opportunistic), or ``none`` only for a
+    loopback relay."""
+    smtp_username: str | None = None
+    """The relay login, if it asks for one."""
+    smtp_password: SecretStr | None = None
+    """Its password (environment: ``GOODBOT_EMAIL__SMTP_PASSWORD``)."""
+    smtp_password_file: Path | None = None
+    """A file holding the SMTP password."""
+    ca_file: Path | None = None
+    """A CA bundle trusted for IMAP and SMTP instead of the system's (a private CA, tests)."""
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    """Longest one IMAP command or SMTP delivery may take."""
+    max_email_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Larger mail is not downloaded; a known sender is told this limit. The policy's
+    ``max_message_bytes`` still limits the request text."""
+    sender_rate_per_minute: int = Field(default=10, ge=1)
+    """Mail one address may send per minute; the rest is ignored, not answered (loop brake)."""
+    code_secret: SecretStr | None = None
+    """Key deriving the confirmation codes (``GOODBOT_EMAIL__CODE_SECRET``); replicas share
+    one. Unset: a key generated into the data directory at first start."""
+    code_secret_file: Path | None = None
+    """A file holding that key."""
+
+    @property
+    def enabled(self) -> bool:
+        """The mailbox and the relay are configured, so the email channel runs."""
+        return bool(self.address and self.imap_host and self.smtp_host)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmailSettings:
+        for key in ("imap", "smtp"):
+            host, tls = getattr(self, f"{key}_host"), getattr(self, f"{key}_tls")
+            if host is not None and tls == "none" and host not in _LOOPBACK:
+                raise ValueError(f"email.{key}_tls: none is allowed only for a loopback host")
+        return self
+
+    def password(self, which: Literal["imap", "smtp", "code"]) -> str | None:
+        """A secret's value, from the environment or its file (read when asked)."""
+        value, path = {
+            "imap": (self.imap_password, self.imap_password_file),
+            "smtp": (self.smtp_password, self.smtp_password_file),
+            "code": (self.code_secret, self.code_secret_file),
+        }[which]
+        if value is not None:
+            return value.get_secret_value()
+        if path is not None:
+            return path.read_text().strip()
+        return None
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway can be told."""
 
@@ -229,6 +326,7 @@ class GatewaySettings(BaseSettings):
     replicas: ReplicaSettings = ReplicaSettings()
     graph: GraphSettings = GraphSettings()
     slack: SlackSettings = SlackSettings()
+    email: EmailSettings = EmailSettings()
     confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)
     """How long a proposed change waits for its confirmation (default ten minutes)."""
     retention_days: int | None = Field(default=None, ge=1, le=3650)
@@ -338,6 +436,22 @@ def load(path: Path | None) -> GatewaySettings:
     cert_file = settings.graph.client_certificate_file
     if cert_file is not None and not Path(cert_file).is_file():
         raise ConfigError("graph.client_certificate_file", f"no such file: {cert_file}")
+    for file_key in ("imap_password_file", "smtp_password_file", "code_secret_file"):
+        secret_file = getattr(settings.email, file_key)
+        if secret_file is not None and not Path(secret_file).is_file():
+            raise ConfigError(f"email.{file_key}", f"no such file: {secret_file}")
+    mail = settings.email
+    if mail.enabled:
+        if not mail.trusted_authserv_ids:
+            raise ConfigError(
+                "email.trusted_authserv_ids",
+                "name the receiving server(s) whose Authentication-Results decide trust",
+            )
+        if mail.imap_username is None or mail.password("imap") is None:
+            raise ConfigError(
+                "email.imap_password",
+                "set email.imap_username and GOODBOT_EMAIL__IMAP_PASSWORD or imap_password_file",
+            )
     if settings.graph.enabled and cert_file is None and settings.graph.secret() is None:
         raise ConfigError(
             "graph.client_secret",
@@ -364,6 +478,14 @@ def describe(settings: GatewaySettings) -> list[str]:
         lines.append(f"model key: {'set' if settings.secret('model') else 'not set'}")
     lines.append(
         f"slack: {'enabled' if settings.slack.enabled else 'off (no signing secret and bot token)'}"
+    )
+    mail = settings.email
+    lines.append(
+        f"email: {mail.address} via imap {mail.imap_host}:{mail.imap_port} ({mail.imap_tls}), "
+        f"smtp {mail.smtp_host}:{mail.smtp_port} ({mail.smtp_tls}), trusting "
+        f"{', '.join(mail.trusted_authserv_ids)}"
+        if mail.enabled
+        else "email: off (no address, imap_host and smtp_host)"
     )
     lines.append(
         f"graph: {settings.graph.tenant_id} ({settings.graph.base_url})"

@@ -235,6 +235,25 @@ class TurnService:
         wait = await self.shared_rate.take(f"message:{principal}", per_minute)
         return rate_decision(per_minute, wait)
 
+    async def refuse(
+        self, message: InboundMessage, rule: str, reason: str, *, verified: bool = False
+    ) -> None:
+        """Audit a delivery the channel itself refused before admission (metadata only).
+
+        For checks only the channel can make (the email channel's sender authentication and
+        loop brakes); recorded like the gateway's own refusals. The identity is named as
+        claimed; it is resolved to a principal only when the channel ``verified`` it.
+        """
+        ref = None
+        if verified and message.channel in CHANNELS:
+            ref = self.policy.current.resolve(message.channel, message.identity)
+        meta = {
+            "event_id": message.event_id[:200],
+            "bytes": len(message.text.encode()),
+            "claimed_identity": message.identity[:320],
+        }
+        await self._refuse(ref.name if ref else None, message.channel, rule, reason, meta)
+
     async def _refuse(
         self, principal: str | None, channel: str, rule: str, reason: str, meta: dict[str, Any]
     ) -> None:

@@ -54,7 +54,13 @@ class Policy:
 
     def resolve(self, channel: Channel, identity: str) -> PrincipalRef | None:
         """The principal owning an immutable identity on a channel, or None (unknown sender)."""
-        name: str | None = self._identities.get((channel, identity))  # type: ignore[attr-defined]
+        index: dict[tuple[str, str], str] = self._identities  # type: ignore[attr-defined]
+        if channel == "email" and identity.startswith("@"):
+            return None  # a domain entry is not an address anyone sends from
+        name = index.get((channel, identity))
+        if name is None and channel == "email" and "@" in identity:
+            # A domain listed as "@example.com" stands for each of its addresses not listed.
+            name = index.get((channel, "@" + identity.rpartition("@")[2]))
         return None if name is None else self.principal(name)
 
     def principal(self, name: str) -> PrincipalRef | None:

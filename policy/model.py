@@ -42,7 +42,8 @@ class Identity(Strict):
     """The channel this identity is valid on."""
     id: str = Field(min_length=1, max_length=300)
     """Channel-specific immutable id: ``<tenant id>:<object id>`` (Teams), ``<team id>:<user
-    id>`` (Slack), a lower-case address (email), ``sha256:<hex>`` of a token (CLI, MCP)."""
+    id>`` (Slack), a lower-case address or ``@domain`` (email: every address of that domain
+    that is not listed itself), ``sha256:<hex>`` of a token (CLI, MCP)."""
 
     @field_validator("id")
     @classmethod
@@ -53,8 +54,10 @@ class Identity(Strict):
     def _by_channel(self) -> Identity:
         if self.channel in ("teams", "slack") and ":" not in self.id:
             raise ValueError(f"a {self.channel} identity is '<tenant or team>:<user id>'")
-        if self.channel == "email" and ("@" not in self.id or self.id != self.id.lower()):
-            raise ValueError("an email identity is a lower-case address")
+        if self.channel == "email" and (
+            self.id.count("@") != 1 or self.id != self.id.lower() or self.id.endswith("@")
+        ):
+            raise ValueError("an email identity is a lower-case address or @domain")
         if self.channel in ("cli", "mcp") and not self.id.startswith("sha256:"):
             raise ValueError(f"a {self.channel} identity is 'sha256:<hex of the token>'")
         return self

@@ -256,3 +256,51 @@ class RateBucket(Base):
     """Whether the last take was allowed (read back by the same statement)."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     """The database's clock at the last take, so every replica refills from one clock."""
+
+
+class EmailOutbox(Base):
+    """A reply the email channel owes, from admission until the relay accepted it."""
+
+    __tablename__ = "email_outbox"
+    __table_args__ = (Index("ix_email_outbox_unsent", "sent_at", "message_id"),)
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """The inbound message the reply answers (``messages.id``; no foreign key, like
+    ``processed_events``, so retention can drop either)."""
+    conversation_id: Mapped[str] = mapped_column(String(40))
+    principal_id: Mapped[str] = mapped_column(String(200))
+    recipient: Mapped[str] = mapped_column(String(320))
+    """The verified From address the reply goes to."""
+    subject: Mapped[str] = mapped_column(Text)
+    """The reply's subject (``Re: …``)."""
+    in_reply_to: Mapped[str] = mapped_column(String(1000))
+    """The inbound Message-ID."""
+    thread_references: Mapped[str] = mapped_column(Text)
+    """The reply's References header (the thread's ids, the inbound one last)."""
+    reply_id: Mapped[str] = mapped_column(String(250), unique=True)
+    """The reply's own Message-ID, fixed before the first attempt so a resend repeats it."""
+    notes: Mapped[list[str]] = mapped_column(JsonType)
+    """Lines shown above the reply (ignored attachments, waiting notifications)."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """A sender holds the entry until then; another replica or the flush leaves it alone."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """When the relay accepted the reply; set once, so it is sent once."""
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EmailCode(Base):
+    """A single-use confirmation code sent by email, stored only as its sha256."""
+
+    __tablename__ = "email_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    confirmation_id: Mapped[str] = mapped_column(String(64), unique=True)
+    """The pending confirmation the code decides (one code per confirmation)."""
+    principal_id: Mapped[str] = mapped_column(String(200))
+    sender: Mapped[str] = mapped_column(String(320))
+    """The address the code was sent to; only mail verified as from it may use it."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    """The Message-ID of the reply that used it (its redelivery may use it again)."""

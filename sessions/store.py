@@ -22,6 +22,7 @@ from sessions.canonical import canonical, to_json
 from sessions.db import Database, create_engine, migrate
 from sessions.directory import Directory
 from sessions.group_commit import GroupCommit
+from sessions.mail import MailStore
 from sessions.notifications import NotificationOutbox
 from sessions.results import (
     IN_FLIGHT,
@@ -67,6 +68,8 @@ class SessionStore:
         """Conversation references and notification subscriptions."""
         self.notifications = NotificationOutbox(self.db)
         """Notifications waiting for their principals, and the poller's cursors."""
+        self.mail = MailStore(self.db)
+        """The email channel's outbox and single-use confirmation codes."""
         self._chain = chain.AuditChain()
         self._audit = GroupCommit(self._append)
 

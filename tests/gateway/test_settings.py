@@ -115,3 +115,56 @@ def test_replica_settings_from_the_file_and_the_environment(
     with pytest.raises(ConfigError) as refused:
         load(write(tmp_path, "replicas: {lease_retry_seconds: 0}\n"))
     assert refused.value.key == "replicas.lease_retry_seconds"
+
+
+EMAIL = (
+    "email: {address: goodbot@example.com, imap_host: imap.example.com, "
+    "smtp_host: smtp.example.com, imap_username: goodbot, trusted_authserv_ids: [mx.example.com]"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("email: {imap_password: pw}", "email.imap_password", "GOODBOT_EMAIL__IMAP_PASSWORD"),
+        ("email: {smtp_password: pw}", "email.smtp_password", "secrets are not read"),
+        ("email: {code_secret: k}", "email.code_secret", "GOODBOT_EMAIL__CODE_SECRET"),
+        (EMAIL + "}", "email.imap_password", "GOODBOT_EMAIL__IMAP_PASSWORD"),
+        (
+            EMAIL.replace("trusted_authserv_ids: [mx.example.com]", "imap_port: 993") + "}",
+            "email.trusted_authserv_ids",
+            "Authentication-Results",
+        ),
+        (EMAIL + ", imap_tls: none}", "email", "only for a loopback host"),
+        (EMAIL + ", smtp_tls: none}", "email", "only for a loopback host"),
+        (EMAIL + ", smtp_tls: maybe}", "email.smtp_tls", "'tls', 'starttls' or 'none'"),
+        (EMAIL + ", imap_tls: starttls}", "email.imap_tls", "'tls' or 'none'"),
+        ("email: {address: not-an-address}", "email.address", "pattern"),
+        (EMAIL + ", imap_password_file: /nonexistent}", "email.imap_password_file", "no such"),
+    ],
+)
+def test_email_errors_name_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str, reason: str
+) -> None:
+    monkeypatch.delenv("GOODBOT_EMAIL__IMAP_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text + "\n"))
+    assert key in caught.value.key, caught.value
+    assert reason in caught.value.reason
+
+
+def test_email_settings_from_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not load(None).email.enabled  # off by default: `make run` is unchanged
+    monkeypatch.setenv("GOODBOT_EMAIL__IMAP_PASSWORD", "imap-secret")
+    monkeypatch.setenv("GOODBOT_EMAIL__SMTP_PASSWORD", "smtp-secret")
+    settings = load(write(tmp_path, EMAIL + ", smtp_username: goodbot}\n"))
+    mail = settings.email
+    assert mail.enabled and (mail.imap_port, mail.imap_tls) == (993, "tls")
+    assert (mail.smtp_port, mail.smtp_tls) == (587, "starttls")
+    assert mail.password("imap") == "imap-secret" and mail.password("smtp") == "smtp-secret"
+    assert mail.password("code") is None
+    assert "imap-secret" not in repr(settings)
+    loopback = load(write(tmp_path, "email: {imap_host: 127.0.0.1, imap_tls: none}\n"))
+    assert loopback.email.imap_tls == "none"

@@ -116,3 +116,27 @@ def test_limits_and_offered_actions(policy: Policy) -> None:
         "rollout.read",
     }
     assert "approval.decide" in policy.granted_actions(ana, "teams")
+
+
+def test_an_email_domain_stands_for_its_unlisted_addresses() -> None:
+    domain = parse(
+        POLICY.replace(
+            "  vera:\n    roles: [viewer]\n",
+            "  vera:\n    roles: [viewer]\n    identities:\n"
+            "      - {channel: email, id: '@contoso.example'}\n",
+        )
+    )
+    assert domain.resolve("email", "ana@contoso.example").name == "ana"  # type: ignore[union-attr]
+    assert domain.resolve("email", "li@contoso.example").name == "vera"  # type: ignore[union-attr]
+    assert domain.resolve("email", "li@other.example") is None
+    assert domain.resolve("email", "li@sub.contoso.example") is None  # no subdomains
+    assert domain.resolve("teams", "li@contoso.example") is None
+    assert domain.resolve("email", "@contoso.example") is None  # not an address itself
+
+
+@pytest.mark.parametrize("bad", ["Ana@contoso.example", "ana", "ana@", "a@b@c"])
+def test_email_identities_are_lower_case_addresses_or_domains(bad: str) -> None:
+    from policy.loader import PolicyError
+
+    with pytest.raises(PolicyError, match="lower-case address or @domain"):
+        parse(POLICY.replace("ana@contoso.example", bad))
