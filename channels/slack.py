@@ -65,7 +65,7 @@ _MENTION: Final = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _LINK: Final = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
 _BOLD: Final = re.compile(r"\*\*(.+?)\*\*")
 _HEADING: Final = re.compile(r"^#{1,6}\s+(.+)$", re.MULTILINE)
-MALFORMED: Final = (AttributeError, TypeError, KeyError, ValueError)
+MALFORMED: Final = (AttributeError, TypeError, LookupError, ValueError)
 """What bolt's parsing raises on a body that is not shaped like Slack's."""
 _SECTION_LIMIT: Final = 2900
 """Block Kit section text is limited to 3,000 characters."""
@@ -255,13 +255,13 @@ class SlackChannel:
             response = BoltResponse(status=401, body='{"error":"invalid request"}')
         else:
             try:
-                bolt_request = await to_bolt_request(request)
-            except MALFORMED as exc:  # bolt reads ids out of the body while building it
+                response = await self.bolt.async_dispatch(await to_bolt_request(request))
+            except MALFORMED as exc:
+                # Bolt reads ids out of the body while building the request, and its error
+                # handling reads the body again ("event": null escapes it).
                 refused = await self._on_error(exc)
                 assert refused is not None
                 response = refused
-            else:
-                response = await self.bolt.async_dispatch(bolt_request)
         if response.status == 401:
             # Counted and audited, never blocked: behind a proxy every request, Slack's own
             # included, comes from one address.
