@@ -1,7 +1,8 @@
 """Fuzzing the parsers that take outside input without a socket: the model's answers and tool
 calls (``agent.openai_route``, the executor's argument parsing and every tool's schema), the
-policy file (``policy.loader.parse``) and the rules grammar. Each either parses or refuses with
-its documented error; nothing else escapes."""
+policy file (``policy.loader.parse``), the rules grammar and MIME mail (sender, thread, body,
+loop guards, Authentication-Results). Each either parses or refuses with its documented error;
+nothing else escapes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from agent.openai_route import _parse
 from agent.route import CallTools, Reply, RouteOutputError, StepRequest, UserText
 from agent.rules import RulesRoute
 from agent.rules_grammar import RULES
+from channels import email_parse, email_trust
 from policy.loader import PolicyError, parse
 from tests.security.fuzzing import JSON, fuzz_settings, shaped
 from tools.builtin import default_registry, graph_tools
@@ -134,3 +136,57 @@ def test_the_rules_grammar_answers_any_text(text: str) -> None:
     request = StepRequest([UserText(text)], TOOLS, "ana", 0)
     result = asyncio.run(route.next_step(request))
     assert result.step is not None
+
+
+_HEADERS = [
+    "Authentication-Results",
+    "Received",
+    "From",
+    "Sender",
+    "Reply-To",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Auto-Submitted",
+    "Subject",
+]
+_VALUES = st.sampled_from(
+    [
+        "mx.example.com; dmarc=pass header.from=example.com",
+        "mx.example.com; dkim=pass header.d=example.com (",
+        '"ana@example.com" <mallory@attacker.example>',
+        "ana@example.com, li@example.com",
+        "=?utf-8?q?ana=40example=2Ecom?= <x@y>",
+        "<a@b> <c@d",
+        'multipart/mixed; boundary="b"',
+        "text/html; charset=x-unknown",
+        "base64",
+        "quoted-printable",
+        "",
+    ]
+) | st.text(max_size=40).map(lambda t: t.replace("\r", " ").replace("\n", " "))
+
+
+def mails() -> st.SearchStrategy[bytes]:
+    headers = st.lists(st.tuples(st.sampled_from(_HEADERS), _VALUES), max_size=10)
+    body = st.sampled_from(["hello", "--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b--", "=ZZ"])
+    built = st.builds(
+        lambda hs, b: ("\r\n".join(f"{k}: {v}" for k, v in hs) + "\r\n\r\n" + b).encode(),
+        headers,
+        body | st.text(max_size=80),
+    )
+    return built | st.binary(max_size=300)
+
+
+@given(mails())
+@fuzz_settings(300)
+def test_a_mime_message_parses_to_a_sender_a_thread_and_a_body_or_none(raw: bytes) -> None:
+    message = email_parse.parse(raw)
+    found = email_parse.sender(message)
+    assert found is None or "@" in found
+    email_parse.thread(message, raw)
+    email_parse.body(message)
+    email_parse.loop_reason(message, "goodbot@example.com", frozenset({"goodbot@example.com"}))
+    email_trust.trusted_headers(message.items(), ["mx.example.com"])
