@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+from opentelemetry import trace
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent.commands import decide_confirmation, describe_decision
@@ -52,6 +53,10 @@ from tools.graph import GraphClient
 from tools.registry import ToolContext, ToolSpec
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("goodbot.gateway")
+"""Spans through the OpenTelemetry API: no-ops unless the process configures an SDK
+(``opentelemetry-instrument goodbot serve`` with an exporter), then a turn is a span, each
+tool call a child span, and the control-plane call carries ``traceparent``."""
 
 STORE_DOWN = "goodbot cannot write to its database right now; try again in a minute."
 
@@ -273,9 +278,19 @@ class TurnService:
         lane.users += 1
         self.metrics.turns_in_flight.inc()
         started = time.perf_counter()
+        span = _TRACER.start_as_current_span(
+            "goodbot.turn",
+            attributes={
+                "goodbot.channel": admission.message.channel,
+                "goodbot.principal": admission.sender.principal,
+                "goodbot.conversation_id": admission.conversation_id,
+                "goodbot.correlation_id": new_request_id(),
+            },
+        )
         try:
-            async with lane.lock, self._running:
-                return await self._turn(admission, emit)
+            with span:
+                async with lane.lock, self._running:
+                    return await self._turn(admission, emit)
         except SQLAlchemyError:
             # The message is stored and still open: it is answered at the next start
             # (``recover``), or by the channel's retry.

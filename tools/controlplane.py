@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, Self
 
 import aiohttp
+from opentelemetry.propagate import inject
 from pydantic import SecretStr
 
 from tools.errors import ControlPlaneError, ControlPlaneUnavailableError, InvalidError, error_for
@@ -433,6 +434,7 @@ class ControlPlaneClient:
         }
         if key is not None:
             headers["Idempotency-Key"] = key
+        inject(headers)  # W3C traceparent when tracing is configured; nothing otherwise
         attempts = 1 + self.retries if method == "GET" else 1
         try:
             async with asyncio.timeout(self.timeout):

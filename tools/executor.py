@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any, Final, Literal
 
 import orjson
+from opentelemetry import trace
 
 from sessions.results import Confirmation, Decided
 from sessions.store import SessionStore
@@ -41,6 +42,8 @@ from tools.registry import (
 )
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("goodbot.tools")
+"""Spans through the OpenTelemetry API: no-ops unless the process configures an SDK."""
 
 Status = Literal["ok", "error", "denied", "confirmation_required"]
 SCOPE_KEY: Final = "target_scope_path"
@@ -130,7 +133,12 @@ class ToolExecutor:
     async def call(self, ctx: ToolContext, call: ToolCall) -> ToolOutcome:
         """Run one call to an outcome, auditing it (``tool.called``)."""
         started = time.perf_counter()
-        outcome = await self._call(ctx, call)
+        with _TRACER.start_as_current_span(
+            "goodbot.tool",
+            attributes={"goodbot.tool": call.name, "goodbot.principal": ctx.principal},
+        ) as span:
+            outcome = await self._call(ctx, call)
+            span.set_attribute("goodbot.tool.status", outcome.status)
         outcome = dataclasses.replace(outcome, seconds=time.perf_counter() - started)
         await self._audit_call(ctx, outcome)
         return outcome

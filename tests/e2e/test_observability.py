@@ -10,6 +10,10 @@ import uuid
 
 import orjson
 import requests
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.observability import JsonFormatter, correlation_id
 from tests.demo import DemoControlPlane
@@ -33,6 +37,11 @@ def cp_events(cp: DemoControlPlane) -> list[dict[str, object]]:
 async def test_a_correlation_id_joins_the_audit_and_the_control_planes_events_and_metrics(
     gw: GatewayUnderTest, demo_cp: DemoControlPlane
 ) -> None:
+    # Tracing as `opentelemetry-instrument` would configure it: an SDK provider, set once.
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    trace.set_tracer_provider(provider)
     asked = "corr-" + uuid.uuid4().hex
     headers = {"Authorization": f"Bearer {gw.token('ana')}", "X-Request-Id": asked}
     body = {"text": "promote google-chrome to pilot", "event_id": uuid.uuid4().hex}
@@ -45,6 +54,16 @@ async def test_a_correlation_id_joins_the_audit_and_the_control_planes_events_an
     by_type = {str(r["type"]): r for r in records}
     assert by_type["message.received"]["data"]["request_id"] == asked  # type: ignore[index]
     assert by_type["message.replied"]["data"]["request_id"] == asked  # type: ignore[index]
+
+    # The turn is a span carrying the correlation id; the tool call is its child.
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    turn_span, tool_span = finished["goodbot.turn"], finished["goodbot.tool"]
+    assert turn_span.attributes is not None and tool_span.attributes is not None
+    assert turn_span.attributes["goodbot.correlation_id"] == asked
+    assert tool_span.attributes["goodbot.tool"] == "promote_rollout"
+    assert tool_span.parent is not None
+    assert tool_span.parent.span_id == turn_span.context.span_id
+    spans.shutdown()  # silent from now on; the provider stays (it can be set once)
 
     # The series the turn left (scraped as Prometheus does).
     status, text = await gw.get("/metrics")
