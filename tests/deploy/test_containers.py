@@ -8,6 +8,7 @@ gateways on one database that never migrate on start, behind the balancer.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,12 @@ def test_compose_runs_two_gateways_on_one_database_behind_a_balancer() -> None:
     nginx = (DEPLOY / "nginx.conf").read_text()
     assert all(f"server {name}:8080" in nginx for name in gateways)
     assert services["balancer"]["ports"] == ["127.0.0.1:8080:8080"]
+    # Only the balancer's X-Forwarded-For is believed, and the balancer sends it.
+    balancer_ip = services["balancer"]["networks"]["default"]["ipv4_address"]
+    for service in gateways.values():
+        trusted = json.loads(service["environment"]["GOODBOT_SERVER__TRUSTED_PROXIES"])
+        assert trusted == [f"{balancer_ip}/32"]
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in nginx
 
 
 def test_compose_takes_secrets_from_uncommitted_files_only() -> None:
