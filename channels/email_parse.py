@@ -14,6 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from email import policy
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -81,9 +82,11 @@ def sender(message: EmailMessage) -> str | None:
     try:
         header: Any = message.get("From")
         addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", ()) or ())
-    except (ValueError, TypeError, IndexError):
+        # get_all parses every From again; a malformed one raises here too (found by fuzzing).
+        count = len(message.get_all("From") or [])
+    except (ValueError, TypeError, IndexError, MessageError):
         return None
-    if len(message.get_all("From") or []) != 1 or len(addresses) != 1:
+    if count != 1 or len(addresses) != 1:
         return None
     address = addresses[0]
     if not address.username or not address.domain:

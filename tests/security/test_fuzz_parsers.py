@@ -189,4 +189,8 @@ def test_a_mime_message_parses_to_a_sender_a_thread_and_a_body_or_none(raw: byte
     email_parse.thread(message, raw)
     email_parse.body(message)
     email_parse.loop_reason(message, "goodbot@example.com", frozenset({"goodbot@example.com"}))
-    email_trust.trusted_headers(message.items(), ["mx.example.com"])
+    try:
+        headers = message.items()  # parses every header with the modern policy
+    except Exception:
+        return  # the channel sets such a message aside, audited as email.unreadable
+    email_trust.verify(headers, "example.com", ["mx.example.com"])
