@@ -185,7 +185,8 @@ class Obedient:
             calls = tuple((name, _fill(args, context)) for name, args in instruction.calls)
             if calls and not all(name in made for name, _ in calls):
                 return Answer(calls=calls)
-        steps = next((s for phrase, s in self.plans.items() if phrase in asked.lower()), ())
+        said = asked.lower()
+        steps = next((s for phrase, s in self.plans.items() if phrase.lower() in said), ())
         done = sum(1 for m in this_turn if m.get("role") == "assistant" and m.get("tool_calls"))
         done -= sum(1 for i in followed if i.calls and any(n in made for n, _ in i.calls))
         if 0 <= done < len(steps):
