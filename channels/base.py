@@ -148,6 +148,13 @@ class Turns(Protocol):
         """Run the admitted message's turn (in order within its conversation)."""
         ...
 
+    async def refuse(
+        self, message: InboundMessage, rule: str, reason: str, *, verified: bool = False
+    ) -> None:
+        """Audit a delivery the channel refused itself, before ``admit`` (metadata only); the
+        sender is attributed to a principal only when ``verified``."""
+        ...
+
     async def decide(
         self,
         channel: str,

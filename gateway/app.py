@@ -33,7 +33,7 @@ from gateway.leases import Leases
 from gateway.metrics import Metrics
 from gateway.observability import correlation_middleware, echo_correlation
 from gateway.proxies import forwarded_middleware
-from gateway.settings import GatewaySettings
+from gateway.settings import ConfigError, GatewaySettings
 from gateway.turns import TurnService
 from policy.loader import PolicySource
 from sessions.db import current_revision, head_revision, sqlite_url
@@ -71,6 +71,10 @@ class Gateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     refused_policy: tuple[str, str] | None = None
     """The refused policy version last audited, so each refusal is audited once."""
+    teams_development: bool = False
+    """``goodbot serve --teams-development``: Teams without a client secret, loopback only."""
+    teams: Any = None
+    """The Teams channel when it is served (``channels.teams.TeamsChannel``)."""
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -239,6 +243,8 @@ def build_app(gateway: Gateway) -> web.Application:
         _add_slack(app, gateway)
     if gateway.settings.email.enabled:
         _add_email(app, gateway)
+    if gateway.settings.teams.enabled or gateway.teams_development:
+        _add_teams(app, gateway)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -332,6 +338,40 @@ def _add_email(app: web.Application, gateway: Gateway) -> None:
         await channel.close()
 
     app.on_cleanup.append(close_email)
+
+
+def _add_teams(app: web.Application, gateway: Gateway) -> None:
+    """Serve the Teams channel at ``/api/messages`` (with credentials, or in development mode)."""
+    from channels.teams import TeamsChannel
+    from channels.teams_auth import DEVELOPMENT_APP_ID, Credentials
+
+    conf = gateway.settings.teams
+    secret = conf.secret()
+    if secret is None and not gateway.teams_development:
+        raise ConfigError(
+            "teams.client_secret",
+            "set GOODBOT_TEAMS__CLIENT_SECRET or teams.client_secret_file "
+            "(or run goodbot serve --teams-development, on loopback only)",
+        )
+    creds = Credentials(
+        app_id=conf.app_id or DEVELOPMENT_APP_ID,
+        tenant_id=conf.tenant_id or "common",
+        secret=secret,
+        authority_host=conf.authority_host,
+        ca_file=conf.ca_file,
+    )
+    teams = TeamsChannel(
+        gateway.turns,
+        gateway.store.directory,
+        creds,
+        tenants=conf.tenants(),
+        max_concurrent_turns=conf.max_concurrent_turns,
+        send_attempts=conf.send_attempts,
+    )
+    teams.install(app)
+    gateway.teams = teams
+    if gateway.delivery is not None:
+        gateway.delivery.register(teams)
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run a demo Microsoft Graph (calendars of the demo people) and use it",
     )
+    serve.add_argument(
+        "--teams-development",
+        action="store_true",
+        help="serve Teams without a client secret (loopback only; tokens still verified)",
+    )
 
     migrate = sub.add_parser("migrate", help="apply the gateway's database migrations and exit")
     _local_args(migrate)
@@ -207,7 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.serve import serve
 
-            return asyncio.run(serve(settings, with_demo_graph=args.demo_graph))
+            return asyncio.run(
+                serve(
+                    settings,
+                    with_demo_graph=args.demo_graph,
+                    teams_development=args.teams_development,
+                )
+            )
         if args.command == "mcp":
             from gateway import mcp_serve
 

@@ -21,6 +21,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -95,6 +96,38 @@ def policy_path(settings: GatewaySettings, embedded: bool) -> Path:
     raise ConfigError("policy_file", "required when the control plane is not the embedded demo")
 
 
+LOOPBACK: Final = "127.0.0.1"
+
+
+def teams_mode(settings: GatewaySettings, development: bool) -> GatewaySettings:
+    """Refuse a Teams channel without credentials unless ``development``; in development mode
+    bind loopback only, and say so (on every start).
+
+    Raises:
+        ConfigError: ``teams.app_id`` is set without a client secret and no development flag.
+    """
+    teams = settings.teams
+    if not development:
+        if teams.enabled and teams.secret() is None:
+            raise ConfigError(
+                "teams.client_secret",
+                "the Teams channel needs its app credentials: set GOODBOT_TEAMS__CLIENT_SECRET "
+                "or teams.client_secret_file (or run goodbot serve --teams-development, "
+                "loopback only)",
+            )
+        return settings
+    print(
+        "teams: DEVELOPMENT MODE: "
+        + ("no client secret, so replies carry no token; " if teams.secret() is None else "")
+        + ("no app id, so no real token validates; " if not teams.app_id else "")
+        + f"inbound tokens are still verified; listening on {LOOPBACK} only",
+        flush=True,
+    )
+    log.warning("Teams development mode: loopback only", extra={"app_id": teams.app_id})
+    server = settings.server.model_copy(update={"host": LOOPBACK})
+    return settings.model_copy(update={"server": server})
+
+
 @contextlib.asynccontextmanager
 async def demo_graph(settings: GatewaySettings, enabled: bool) -> AsyncIterator[GatewaySettings]:
     """``settings``, pointed at the demo Graph run for the block when ``enabled``."""
@@ -117,8 +150,12 @@ async def demo_graph(settings: GatewaySettings, enabled: bool) -> AsyncIterator[
         yield settings.model_copy(update={"graph": handle.settings})
 
 
-async def serve(settings: GatewaySettings, *, with_demo_graph: bool = False) -> int:
-    """Serve until SIGINT or SIGTERM; ``with_demo_graph`` runs the demo Graph as well."""
+async def serve(
+    settings: GatewaySettings, *, with_demo_graph: bool = False, teams_development: bool = False
+) -> int:
+    """Serve until SIGINT or SIGTERM; ``with_demo_graph`` runs the demo Graph as well;
+    ``teams_development``: see ``teams_mode``."""
+    settings = teams_mode(settings, teams_development)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with control_plane(settings) as cp, demo_graph(settings, with_demo_graph) as settings:
         print(f"control plane: {cp.url}", flush=True)
@@ -128,6 +165,7 @@ async def serve(settings: GatewaySettings, *, with_demo_graph: bool = False) -> 
             cp_token=cp.token,
             policy_path=policy_path(settings, cp.embedded),
         )
+        gateway.teams_development = teams_development
         runner = web.AppRunner(build_app(gateway), access_log=None)
         try:
             await runner.setup()

@@ -37,6 +37,7 @@ SECRET_KEYS: Final = (
     ("email", "imap_password"),
     ("email", "smtp_password"),
     ("email", "code_secret"),
+    ("teams", "client_secret"),
 )
 """Settings that hold secrets: refused in the YAML file, read from the environment or a file."""
 
@@ -166,6 +167,61 @@ class SlackSettings(Section):
         if self.socket_mode and self.app_token is None and self.app_token_file is None:
             raise ValueError("slack.socket_mode needs slack.app_token (GOODBOT_SLACK__APP_TOKEN)")
         return self
+
+
+class TeamsSettings(Section):
+    """Microsoft Teams through an Azure Bot resource; on when ``app_id`` is set.
+
+    Inbound activities are always verified (see ``channels.teams_auth``): nothing here turns
+    validation off. Without ``client_secret`` the gateway refuses to start unless
+    ``goodbot serve --teams-development`` is given, which binds loopback only.
+    """
+
+    app_id: str | None = None
+    """The bot's Microsoft App ID: the Entra app registration's application (client) id,
+    also the Azure Bot resource's. Inbound tokens must carry it as their audience."""
+    tenant_id: str | None = None
+    """The Entra tenant id the app registration lives in (single-tenant bot); outbound
+    tokens are requested from it."""
+    client_secret: SecretStr | None = None
+    """The app registration's client secret (environment: ``GOODBOT_TEAMS__CLIENT_SECRET``)."""
+    client_secret_file: Path | None = None
+    """A file holding the client secret."""
+    allowed_tenants: list[str] = []
+    """Entra tenant ids whose users may talk to goodbot; empty allows ``tenant_id`` only."""
+    authority_host: str = Field(
+        default="https://login.microsoftonline.com", pattern=r"^https://[^\s/]+(/.*)?$"
+    )
+    """Entra's root for outbound tokens (msal requires https); a loopback IdP in tests."""
+    ca_file: Path | None = None
+    """A CA bundle trusted for the token endpoint instead of the system's (tests, local)."""
+    max_concurrent_turns: int = Field(default=64, ge=1, le=10_000)
+    """Turns running at once in the background; further admitted ones wait their turn."""
+    send_attempts: int = Field(default=4, ge=1, le=10)
+    """Tries per outbound message when the connector answers 429 or 5xx."""
+    sso_connection: str | None = None
+    """The Azure Bot resource's OAuth connection name for single sign-on (the sign-in card
+    falls back to it); None turns SSO off."""
+    sso_scopes: list[str] = ["https://graph.microsoft.com/Calendars.ReadWrite"]
+    """Delegated Microsoft Graph scopes asked for on the user's behalf (on-behalf-of)."""
+
+    @property
+    def enabled(self) -> bool:
+        """An app id is set: the Teams channel is served at ``/api/messages``."""
+        return bool(self.app_id)
+
+    def secret(self) -> str | None:
+        """The client secret, from the environment or its file (read when asked)."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return None
+
+    def tenants(self) -> frozenset[str]:
+        """The tenant allowlist in force (lower case)."""
+        listed = self.allowed_tenants or ([self.tenant_id] if self.tenant_id else [])
+        return frozenset(t.strip().lower() for t in listed if t.strip())
 
 
 class GraphSettings(Section):
@@ -327,6 +383,7 @@ class GatewaySettings(BaseSettings):
     graph: GraphSettings = GraphSettings()
     slack: SlackSettings = SlackSettings()
     email: EmailSettings = EmailSettings()
+    teams: TeamsSettings = TeamsSettings()
     confirmation_ttl_seconds: int = Field(default=600, ge=1, le=86_400)
     """How long a proposed change waits for its confirmation (default ten minutes)."""
     retention_days: int | None = Field(default=None, ge=1, le=3650)
@@ -433,6 +490,11 @@ def load(path: Path | None) -> GatewaySettings:
     graph_file = settings.graph.client_secret_file
     if graph_file is not None and not Path(graph_file).is_file():
         raise ConfigError("graph.client_secret_file", f"no such file: {graph_file}")
+    teams_file = settings.teams.client_secret_file
+    if teams_file is not None and not Path(teams_file).is_file():
+        raise ConfigError("teams.client_secret_file", f"no such file: {teams_file}")
+    if settings.teams.enabled and not settings.teams.tenant_id:
+        raise ConfigError("teams.tenant_id", "required with teams.app_id")
     cert_file = settings.graph.client_certificate_file
     if cert_file is not None and not Path(cert_file).is_file():
         raise ConfigError("graph.client_certificate_file", f"no such file: {cert_file}")
@@ -487,6 +549,15 @@ def describe(settings: GatewaySettings) -> list[str]:
         if mail.enabled
         else "email: off (no address, imap_host and smtp_host)"
     )
+    teams = settings.teams
+    if teams.enabled:
+        secret = "set" if teams.secret() else "NOT SET (serve needs --teams-development)"
+        lines.append(
+            f"teams: app {teams.app_id}, tenants {', '.join(sorted(teams.tenants()))}, "
+            f"client secret {secret}"
+        )
+    else:
+        lines.append("teams: off (no app_id)")
     lines.append(
         f"graph: {settings.graph.tenant_id} ({settings.graph.base_url})"
         if settings.graph.enabled
