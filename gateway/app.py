@@ -15,7 +15,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -497,7 +497,7 @@ async def _duties(app: web.Application) -> AsyncIterator[None]:
     if EMAIL in app:
         # After ``recover``: the replies recovered turns stored are what its flush sends first.
         gateway.tasks.append(
-            asyncio.create_task(_while_held(leases, "email.mailbox", app[EMAIL].run))
+            asyncio.create_task(leases.while_held("email.mailbox", app[EMAIL].run))
         )
     yield
 
@@ -509,36 +509,6 @@ async def _recover(gateway: Gateway, older_than: float) -> None:
             "recovered unfinished work",
             extra={"messages": answered, "confirmations": resumed},
         )
-
-
-async def _while_held(
-    leases: Leases, name: str, run: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """Run the long-lived ``run`` while this replica holds lease ``name``; until cancelled.
-
-    For a duty that is one endless loop (the mailbox's IDLE) rather than a periodic call: it is
-    started when the lease is taken and cancelled as soon as the lease is lost.
-    """
-    while True:
-        if not await leases.hold(name):
-            await asyncio.sleep(leases.retry_seconds)
-            continue
-        task = asyncio.create_task(run())
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=leases.retry_seconds)
-                if not task.done() and not await leases.hold(name):
-                    break
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error(
-                    "duty ended with an error", extra={"duty": name}, exc_info=task.exception()
-                )
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await asyncio.sleep(leases.retry_seconds)
 
 
 async def _reload(gateway: Gateway) -> None:

@@ -20,7 +20,9 @@ Adding a duty (the only place is ``gateway/app.py``'s ``_duties``)::
     )
 
 ``every(name, seconds, duty)`` runs ``duty()`` every ``seconds`` while this replica holds
-``name``; a failure is logged and the loop goes on. Use one name per duty; a duty that must run
+``name``; a failure is logged and the loop goes on. ``while_held(name, run)`` is for a duty
+that is one endless loop (the email channel's IDLE): started when the lease is taken,
+cancelled when it is lost. Use one name per duty; a duty that must run
 in every process (the policy file's reload) does not take a lease.
 """
 
@@ -32,7 +34,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 from sqlalchemy import text
@@ -146,6 +148,33 @@ class Leases:
                 raise
             except Exception:
                 log.exception("background duty failed", extra={"duty": name})
+
+    async def while_held(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run the long-lived ``run`` while this replica holds lease ``name``; until cancelled.
+
+        For a duty that is one endless loop (the mailbox's IDLE) rather than a periodic call: it is
+        started when the lease is taken and cancelled as soon as the lease is lost.
+        """
+        while True:
+            if not await self.hold(name):
+                await asyncio.sleep(self.retry_seconds)
+                continue
+            task = asyncio.create_task(run())
+            try:
+                while not task.done():
+                    await asyncio.wait({task}, timeout=self.retry_seconds)
+                    if not task.done() and not await self.hold(name):
+                        break
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "duty ended with an error", extra={"duty": name}, exc_info=task.exception()
+                    )
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await asyncio.sleep(self.retry_seconds)
 
     async def close(self) -> None:
         """Release every lease (by closing the connection) so another replica takes over."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -135,6 +136,61 @@ async def test_every_runs_the_duty_only_on_the_holder(
     tasks[1 - holder].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await leases[1 - holder].close()
+
+
+@pytest.mark.postgres
+async def test_a_long_lived_duty_runs_on_one_replica_and_moves_when_it_dies(
+    engines: list[AsyncEngine], schema: str
+) -> None:
+    running: set[str] = set()
+    started: list[str] = []
+
+    def loop(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:  # like the mailbox's IDLE: never returns by itself
+            running.add(name)
+            started.append(name)
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                running.discard(name)
+
+        return run
+
+    leases = [Leases(e, namespace=schema, retry_seconds=0.05) for e in engines]
+    tasks = [
+        asyncio.create_task(lease.while_held("email.mailbox", loop(n)))
+        for lease, n in zip(leases, "ab", strict=True)
+    ]
+    for _ in range(100):
+        if running:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert len(running) == 1 and len(started) == 1  # one replica reads the mailbox
+    holder = "ab".index(started[0])
+    # The holder's database session ends (its process died): its loop stops, the other's starts.
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND objid = ($1::bigint & 4294967295)::oid"
+            " AND classid = (($1::bigint >> 32) & 4294967295)::oid",
+            lease_key("email.mailbox", schema),
+        )
+    finally:
+        await conn.close()
+    other = "ba"[holder]
+    for _ in range(100):
+        if other in running:
+            break
+        await asyncio.sleep(0.05)
+    assert other in running
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert running == set()
+    for lease in leases:
+        await lease.close()
 
 
 async def test_on_sqlite_every_lease_is_held(tmp_path: Path) -> None:
