@@ -1,0 +1,73 @@
+"""Fuzzing Teams activities over a real gateway: validly signed requests whose activities are
+close to Teams' shapes (messages, invokes of ``adaptiveCard/action``, conversation updates)
+or not at all. No 5xx, nothing half stored."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.e2e.harness import GatewayUnderTest
+from tests.e2e.test_teams import connector, gw
+from tests.fakes.bot_connector import BotConnector
+from tests.security.fuzzing import JSON, fuzz_settings, shaped
+from tests.security.test_fuzz_channels import TEXTS, WORDS, hypothesis_in_thread, settled
+
+__all__ = ["connector", "gw"]  # the Teams gateway fixtures, used here by name
+
+
+async def test_teams_activities(gw: GatewayUnderTest, connector: BotConnector) -> None:
+    # Fuzzed activities must not block the address as a guesser would.
+    gw.gateway.turns.sign_in_failures.max_failures = 10**9
+    base = connector.message("what is pending my approval?")
+    invoke = {
+        **base,
+        "type": "invoke",
+        "name": "adaptiveCard/action",
+        "value": {"action": {"type": "Action.Execute", "verb": "confirm", "data": {"id": "cf_x"}}},
+    }
+    activities = (
+        st.builds(
+            lambda text, n: {**base, "text": text, "id": f"fz-{n}"},
+            st.sampled_from(WORDS),
+            st.integers(0, 10**6),
+        )
+        | st.builds(
+            lambda text, n: {**base, "text": text, "id": f"fz0-{n}"},
+            TEXTS,
+            st.integers(0, 10**6),
+        )
+        | st.builds(
+            lambda k, v, n: {**base, k: v, "id": f"fz1-{n}"},
+            st.sampled_from(list(base)),
+            JSON,
+            st.integers(0, 10**6),
+        )
+        | st.builds(
+            lambda part, k, v, n: {**base, part: {**base[part], k: v}, "id": f"fz2-{n}"},
+            st.sampled_from(["from", "conversation", "recipient"]),
+            st.sampled_from(["id", "aadObjectId", "tenantId", "conversationType", "name"]),
+            JSON,
+            st.integers(0, 10**6),
+        )
+        | shaped(base)
+        | shaped(invoke)
+        | shaped({**base, "type": "conversationUpdate", "membersAdded": [{"id": "x"}]})
+        | st.dictionaries(st.text(max_size=10), JSON, max_size=5)
+    )
+
+    async def send(activity: Any) -> int:
+        status, _ = await connector.post(gw.http, gw.url, activity)
+        return status
+
+    @given(activities)
+    @fuzz_settings(100)
+    def never_5xx(call: Callable[[Awaitable[int]], int], activity: Any) -> None:
+        status = call(send(activity))
+        assert status < 500, activity
+
+    await hypothesis_in_thread(lambda call: never_5xx(call))
+    await settled(gw)
