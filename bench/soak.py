@@ -1,13 +1,15 @@
 """Soak: mixed traffic over every channel for a while, memory growth and error counts.
 
-One gateway (rules route, SQLite, Slack on a loopback fake Slack, MCP over streamable HTTP) in
+One gateway (rules route, SQLite, Slack on a loopback fake Slack, Teams on a loopback Bot
+Connector, MCP over streamable HTTP) in
 this process, over a demo control plane in its own; ``--workers`` loops per channel, each
 sending one request after another until ``--minutes`` are up:
 
 - CLI: a read ("what is pending my approval?", drift, a rollout's status), or a proposal
   ("promote google-chrome to pilot") that is then denied;
 - Slack: a signed direct message (its reply goes to the fake Slack);
-- MCP: a ``tools/call`` of ``pending_approvals`` with the SDK's client.
+- MCP: a ``tools/call`` of ``pending_approvals`` with the SDK's client;
+- Teams: a signed personal message from a loopback Bot Connector (its reply goes back there).
 
 Every 30 s it samples this process's RSS (``VmRSS``; the load generators share the process
 and are small) and prints a line; at the end the counts per channel, the errors by kind, the
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
+import pytest
 import yaml
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -43,6 +46,8 @@ from gateway.settings import SlackSettings
 from tests.demo import start, stop
 from tests.e2e.harness import GatewayUnderTest, running_gateway
 from tests.e2e.test_slack import ANA, SECRET, slack_policy
+from tests.e2e.test_teams import teams_policy, teams_settings
+from tests.fakes.bot_connector import BotConnector, bot_connector, jwks_seam
 from tests.fakes.slack_api import TEAM, fake_slack
 
 READS = ("what is pending my approval?", "show drift for engineering", "how is chrome doing?")
@@ -133,6 +138,24 @@ async def slack_worker(
             tally.error("slack", type(exc).__name__)
 
 
+async def teams_worker(
+    gw: GatewayUnderTest, connector: BotConnector, tally: Tally, until: float, workers: int
+) -> None:
+    while time.monotonic() < until:
+        for _ in range(600):  # closed loop, as for Slack: replies go out after the 202
+            if len(connector.sent()) >= tally.sent["teams"] - workers + 1:
+                break
+            await asyncio.sleep(0.05)
+        try:
+            text_ = READS[tally.sent["teams"] % 3]
+            status, _ = await connector.post(gw.http, gw.url, connector.message(text_))
+            tally.sent["teams"] += 1
+            if status != 202:
+                tally.error("teams", f"HTTP {status}")
+        except Exception as exc:
+            tally.error("teams", type(exc).__name__)
+
+
 async def mcp_worker(url: str, token: str, tally: Tally, until: float) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
@@ -156,18 +179,22 @@ async def soak(minutes: float, workers: int, root: Path) -> None:
     cp = start(root / "cp", demo=False)
     data = root / "gw"
     slack_policy(data)
+    teams_policy(data)
     policy_file = data / "policy.yaml"
     document = yaml.safe_load(policy_file.read_text())
     document["defaults"]["rate_limit_per_minute"] = 1_000_000
     policy_file.write_text(yaml.safe_dump(document, sort_keys=False))
     tally = Tally()
+    seam = pytest.MonkeyPatch()
     try:
-        async with fake_slack() as slack_api:
+        async with fake_slack() as slack_api, bot_connector(root / "connector") as connector:
+            jwks_seam(seam, connector.keys_url)
             slack = SlackSettings.model_validate(
                 {"signing_secret": SECRET, "bot_token": "xoxb-test", "api_base_url": slack_api.url}
             )
+            teams = teams_settings(connector)
             async with (
-                running_gateway(data, cp.url, cp.gateway_token, slack=slack) as gw,
+                running_gateway(data, cp.url, cp.gateway_token, slack=slack, teams=teams) as gw,
                 mcp_http(gw.gateway) as mcp_url,
             ):
                 token = (data / "mcp-tokens" / "ana").read_text().strip()
@@ -180,6 +207,7 @@ async def soak(minutes: float, workers: int, root: Path) -> None:
 
                 jobs += [slack_worker(gw, tally, until, posted, workers) for _ in range(workers)]
                 jobs += [mcp_worker(mcp_url, token, tally, until) for _ in range(workers)]
+                jobs += [teams_worker(gw, connector, tally, until, workers) for _ in range(workers)]
                 running = asyncio.gather(*jobs)
                 samples: list[tuple[float, int]] = [(0.0, rss_kb())]
                 while not running.done():
@@ -209,11 +237,13 @@ async def soak(minutes: float, workers: int, root: Path) -> None:
                 drained = time.monotonic() - drained
                 verdict = await gw.gateway.store.verify_audit()
                 replies = len(slack_api.of("chat.postMessage"))
+                teams_replies = len(connector.sent())
     finally:
+        seam.undo()
         stop(cp)
     warm = next((kb for t, kb in samples if t >= 60), samples[-1][1])
     print(f"\nsoak: {minutes:g} min, {workers} worker(s) per channel")
-    print(f"requests: {dict(tally.sent)} (Slack replies posted: {replies})")
+    print(f"requests: {dict(tally.sent)} (replies posted: Slack {replies}, Teams {teams_replies})")
     print(f"errors: {dict(tally.errors) or 'none'}")
     print(
         f"rss: start {samples[0][1] / 1024:.1f} MiB, after 1 min {warm / 1024:.1f} MiB, "
