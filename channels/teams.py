@@ -244,6 +244,10 @@ class TeamsChannel:
         except IngressRefusal as exc:
             return await self._refused(request, exc, activity)
         response = await self.adapter.process(request, self.agent)
+        if response is not None and response.status == 501:
+            # The SDK's answer to an invoke nothing handles (no or another name, a value that is
+            # no card action): the request's fault, not the server's (found by fuzzing).
+            return web.json_response({"error": "unsupported invoke"}, status=400)
         return response if response is not None else web.Response(status=202)
 
     async def _refused(

@@ -63,6 +63,11 @@ async def test_teams_activities(gw: GatewayUnderTest, connector: BotConnector) -
         status, _ = await connector.post(gw.http, gw.url, activity)
         return status
 
+    # Found by the long run: an invoke nothing handles was the SDK's 501.
+    nameless = {k: base[k] for k in ("serviceUrl", "conversation")} | {"type": "invoke"}
+    assert await send(nameless) == 400
+    assert await send({**invoke, "name": "composeExtension/query"}) == 400
+
     @given(activities)
     @fuzz_settings(100)
     def never_5xx(call: Callable[[Awaitable[int]], int], activity: Any) -> None:
