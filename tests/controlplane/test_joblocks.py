@@ -29,15 +29,16 @@ async def test_a_running_job_is_requeued_only_when_no_replica_holds_its_tenant(
     del backend
     tenant = await cp.tenant()
     job_id = "job_" + uuid.uuid4().hex[:20]
-    async with cp.state.writing() as session:  # as a replica leaves it when it dies mid-job
-        await session.execute(
-            insert(Job).values(id=job_id, tenant_id=tenant.id, kind=JOB_KIND, status="running")
-        )
-    # Another replica's worker, alive, holds the tenant's lock: the job is its, left alone.
+    # Another replica's worker, alive, holds the tenant's lock from its claim (taken first, as
+    # a worker does, so this server's own sweep never sees the job unheld): it is left alone.
     other = await asyncpg.connect(PG_URL)
     try:
         key = lock_key(tenant.id, cp.settings.database_schema)
         assert await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        async with cp.state.writing() as session:  # the job that replica is running
+            await session.execute(
+                insert(Job).values(id=job_id, tenant_id=tenant.id, kind=JOB_KIND, status="running")
+            )
         assert await requeue_interrupted(cp.state) == 0
         assert await status(cp, job_id) == "running"
     finally:
