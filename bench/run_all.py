@@ -20,6 +20,7 @@ BENCHES = (
     ["bench.gateway_pipeline"],
     ["bench.gateway_model_load"],
     ["bench.slack_channel"],
+    ["bench.teams_ingress"],
     ["bench.replicas"],
     ["bench.email_channel"],
 )

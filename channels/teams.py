@@ -5,18 +5,20 @@ the Azure Bot Service sends. It is verified in three gates (``channels.teams_aut
 precheck, the SDK's per-route ``jwt_authorization_decorator``, and goodbot's service-URL and
 tenant check; a refusal is 401 or 403 and nothing reaches the SDK's adapter, the gateway or
 the store. An unauthenticated request is audited as ``auth.refused`` (a bounded number of
-times per source), a signed one from a tenant not allowed as ``message.refused``. A verified
-activity goes through the SDK's ``CloudAdapter`` to ``_Agent`` (an ``ActivityHandler``):
+times per source), a signed one from a tenant not allowed as ``message.refused``. Then:
 
 * a message in a personal chat, or one that mentions goodbot in a group chat or channel (the
   mention is stripped), is admitted (stored durably, de-duplicated by the activity id) and
-  acknowledged with 202 at once; the turn runs in a background task, with a typing indicator,
-  and its reply goes out proactively through the connector (``continue_conversation``), split
-  within Teams' size limit and retried on 429 and transient errors only;
-* an ``adaptiveCard/action`` invoke (``Action.Execute``) decides a confirmation for the
-  clicker's own identity and is answered with the updated card; the card message is then
-  updated for everyone. A click that changes nothing (someone else's, a second click, a stale
-  card, a card from another conversation) is answered with a message saying why;
+  acknowledged with 202 at once, without the SDK's adapter, which would open a connector and a
+  token client for a turn that sends nothing; the turn runs in a background task, and its
+  reply goes out proactively through the SDK (``CloudAdapter.continue_conversation``) with a
+  typing indicator, split within Teams' size limit, retried on 429 and transient errors only;
+* an invoke goes through the SDK's ``CloudAdapter`` to ``_Agent`` (an ``ActivityHandler``),
+  since it is answered within the request: an ``adaptiveCard/action`` (``Action.Execute``)
+  decides a confirmation for the clicker's own identity and is answered with the updated
+  card; the card message is then updated for everyone. A click that changes nothing (someone
+  else's, a second click, a stale card, a card from another conversation) is answered with a
+  message saying why;
 * the first contact in a conversation saves its conversation reference in the session store,
   and in a personal chat also under the sender's identity (``personal:<identity>``), where
   proactive notifications (``deliver``, a ``gateway.delivery.Deliverer``) find it.
@@ -148,7 +150,8 @@ class TeamsChannel:
             references: Where conversation references are saved.
             creds: The bot's app id, tenant and secret (no secret: development mode).
             tenants: Entra tenant ids (lower case) whose activities are accepted.
-            max_concurrent_turns: Background turns running at once.
+            max_concurrent_turns: Replies in the making at once (the gateway's
+                ``turn_concurrency``); the other admitted messages wait without a connector.
             send_attempts: Tries per outbound activity on 429 and transient errors.
             retry_base_seconds: First back-off when the connector gives no ``Retry-After``.
             typing_interval_seconds: How often the typing indicator is repeated.
@@ -160,7 +163,7 @@ class TeamsChannel:
         self.send_attempts = send_attempts
         self.retry_base_seconds = retry_base_seconds
         self.typing = TypingOptions(
-            initial_delay_ms=300, interval_ms=int(typing_interval_seconds * 1000)
+            initial_delay_ms=1000, interval_ms=int(typing_interval_seconds * 1000)
         )
         self.manager, self.auth = connection_manager(creds)
         self.sdk_config = self.manager.get_default_connection_configuration()
@@ -195,12 +198,17 @@ class TeamsChannel:
         app.on_cleanup.append(stop)
 
     async def start(self) -> None:
-        """Build the msal client (OIDC discovery) off the event loop."""
-        try:
-            await self.auth.warm_up()
-        except Exception as exc:
-            # The first outbound message builds it instead; replies are late, not lost.
-            log.warning("Teams token client not ready", extra={"error": type(exc).__name__})
+        """Start building the msal client (OIDC discovery) in the background: an identity
+        provider that is slow or down must not hold up the gateway's start."""
+
+        async def warm() -> None:
+            try:
+                await self.auth.warm_up()
+            except Exception as exc:
+                # The first outbound message tries again; replies are late, not lost.
+                log.warning("Teams token client not ready", extra={"error": type(exc).__name__})
+
+        self._spawn(warm())
 
     async def close(self) -> None:
         """Cancel background work (admitted turns are recovered at the next start)."""
@@ -243,12 +251,53 @@ class TeamsChannel:
             check_activity(claims, activity, self.tenants)
         except IngressRefusal as exc:
             return await self._refused(request, exc, activity)
+        if activity.type in _CONVERSATIONAL:
+            try:
+                activity.get_conversation_reference()
+            except ValueError:  # pydantic's ValidationError: no conversation to answer in
+                return web.json_response({"error": "no conversation to answer in"}, status=400)
+        if activity.type == ActivityTypes.message:
+            # Nothing is sent within a message's turn (the reply goes out proactively), so the
+            # SDK's adapter, which opens a connector and a token client for every activity,
+            # is not needed to admit one: the acknowledgement stays cheap. An admission that
+            # fails (the store down) is a 500, and Teams delivers the activity again.
+            await self.message(activity)
+            return web.Response(status=202)
+        if activity.type in _CONVERSATIONAL:
+            await self.first_contact(activity)
+            return web.Response(status=202)
+        # Invokes are answered within the request (an updated card): the SDK's turn.
         response = await self.adapter.process(request, self.agent)
         if response is not None and response.status == 501:
             # The SDK's answer to an invoke nothing handles (no or another name, a value that is
             # no card action): the request's fault, not the server's (found by fuzzing).
             return web.json_response({"error": "unsupported invoke"}, status=400)
         return response if response is not None else web.Response(status=202)
+
+    async def message(self, activity: Activity) -> None:
+        """A verified message: admitted, unless it is a group message not addressed to us."""
+        conversation = activity.conversation
+        kind = (conversation.conversation_type if conversation else None) or "personal"
+        text = activity.text or ""
+        if kind != "personal":
+            # In group chats and channels goodbot answers only when mentioned.
+            if not activity.is_recipient_mentioned():
+                return
+            text = activity.remove_recipient_mention()
+        text = _MENTION_TAG.sub("", text).replace("&nbsp;", " ").strip()
+        if not text:
+            return
+        owner = (activity.from_property.name if activity.from_property else None) or "you"
+        event_id = activity.id or f"{conversation.id if conversation else ''}:{uuid.uuid4().hex}"
+        await self.admit(activity, text, event_id, owner)
+
+    async def first_contact(self, activity: Activity) -> None:
+        """The app installed or a conversation joined: remember it, for a known person."""
+        tenant = tenant_of(activity) or ""
+        identity = self.identity(tenant, activity)
+        sender = self.turns.sender(CHANNEL, identity) if identity else None
+        if sender is not None:
+            await self.remember(activity, tenant, identity)
 
     async def _refused(
         self, request: web.Request, exc: IngressRefusal, activity: Activity | None = None
@@ -578,11 +627,14 @@ def _card_response(card: Mapping[str, Any]) -> AdaptiveCardInvokeResponse:
     )
 
 
+_CONVERSATIONAL: Final = frozenset(
+    {ActivityTypes.message, ActivityTypes.conversation_update, ActivityTypes.installation_update}
+)
 _MENTION_TAG: Final = re.compile(r"</?at>", re.IGNORECASE)
 
 
 class _Agent(ActivityHandler):
-    """The SDK's view of goodbot: translates verified activities for ``TeamsChannel``."""
+    """The SDK's view of goodbot, for the activities answered within the request (invokes)."""
 
     def __init__(self, channel: TeamsChannel) -> None:
         self.channel = channel
@@ -591,39 +643,9 @@ class _Agent(ActivityHandler):
         try:
             await super().on_turn(turn_context)
         except Exception:
-            # The outermost layer of an inbound Teams activity: log it, answer 500 is not
-            # useful to Teams (it retries), so the activity is acknowledged.
-            log.exception("a Teams activity failed", extra={"type": turn_context.activity.type})
-
-    async def on_message_activity(self, turn_context: Any) -> None:
-        activity: Activity = turn_context.activity
-        conversation = activity.conversation
-        kind = (conversation.conversation_type if conversation else None) or "personal"
-        text = activity.text or ""
-        if kind != "personal":
-            # In group chats and channels goodbot answers only when mentioned.
-            if not activity.is_recipient_mentioned():
-                return
-            text = activity.remove_recipient_mention()
-        text = _MENTION_TAG.sub("", text).replace("&nbsp;", " ").strip()
-        if not text:
-            return
-        owner = (activity.from_property.name if activity.from_property else None) or "you"
-        event_id = activity.id or f"{conversation.id if conversation else ''}:{uuid.uuid4().hex}"
-        await self.channel.admit(activity, text, event_id, owner)
-
-    async def on_conversation_update_activity(self, turn_context: Any) -> None:
-        await self._first_contact(turn_context.activity)
-
-    async def on_installation_update(self, turn_context: Any) -> None:
-        await self._first_contact(turn_context.activity)
-
-    async def _first_contact(self, activity: Activity) -> None:
-        tenant = tenant_of(activity) or ""
-        identity = self.channel.identity(tenant, activity)
-        sender = self.channel.turns.sender(CHANNEL, identity) if identity else None
-        if sender is not None:
-            await self.channel.remember(activity, tenant, identity)
+            # The outermost layer of an invoke (a malformed one the SDK cannot even answer):
+            # logged; with no invoke response set, the request is answered 400.
+            log.exception("a Teams invoke failed", extra={"invoke": turn_context.activity.name})
 
     async def on_adaptive_card_invoke(
         self, turn_context: Any, invoke_value: AdaptiveCardInvokeValue

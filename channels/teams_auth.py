@@ -21,13 +21,15 @@ for a tenant not allowed) and a short reason that names no claim value.
 Outbound tokens come from msal through ``TeamsMsalAuth``: the SDK's ``MsalAuth`` builds its
 ``ConfidentialClientApplication`` (OIDC discovery included, synchronous HTTP) on the event
 loop, and cannot be told which CA to trust; this subclass takes the authority host and CA
-bundle from the settings, and ``warm_up`` builds the client in a thread at start.
+bundle from the settings, and builds the client in a thread (``warm_up``) before the first
+token is asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_CONNECTION: Final = "SERVICE_CONNECTION"
 """The SDK's name for the connection it uses for the bot's own tokens."""
+TOKEN_MARGIN: Final = 300.0
+"""Seconds before expiry a held outbound token is asked for again."""
 DEVELOPMENT_APP_ID: Final = "00000000-0000-0000-0000-000000000000"
 """The audience expected in development mode without an app id: no real token carries it."""
 
@@ -74,11 +78,10 @@ def bearer(header: str | None) -> str:
     """The token of an ``Authorization: Bearer`` header; ``IngressRefusal`` if there is none."""
     if not header:
         raise _unauthorized("no Authorization header")
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+    parts = header.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
         raise _unauthorized("the Authorization header is not a bearer token")
-    return token
+    return parts[1]
 
 
 def precheck(header: str | None, issuers: frozenset[str]) -> None:
@@ -195,6 +198,9 @@ class TeamsMsalAuth(MsalAuth):
         super().__init__(configuration)
         self._creds = creds
         self._sessions: list[requests.Session] = []
+        self._ready = False
+        self._building = asyncio.Lock()
+        self._tokens: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
 
     def _create_client_application(self, tenant_id: str | None = None) -> Any:
         session = requests.Session()
@@ -214,8 +220,30 @@ class TeamsMsalAuth(MsalAuth):
         )
 
     async def warm_up(self) -> None:
-        """Build the msal client (OIDC discovery) in a thread, not on the event loop."""
-        await asyncio.to_thread(self._get_client)
+        """Build the msal client (OIDC discovery) in a thread, not on the event loop, once."""
+        if self._ready:
+            return
+        async with self._building:
+            if not self._ready:
+                await asyncio.to_thread(self._get_client)
+                self._ready = True
+
+    async def get_access_token(
+        self, resource_url: str, scopes: list[str], force_refresh: bool = False
+    ) -> str:
+        """The bot's token for ``scopes``: held here until five minutes before it expires.
+
+        The SDK asks twice per activity (connector and token service); msal would answer from
+        its cache too, but each lookup is a thread hop and a cache search on the hot path.
+        """
+        key = (resource_url, tuple(scopes))
+        held = self._tokens.get(key)
+        if held is not None and not force_refresh and held[1] - time.time() > TOKEN_MARGIN:
+            return held[0]
+        await self.warm_up()
+        fresh = await self._get_access_token(resource_url, scopes, force_refresh)
+        self._tokens[key] = (fresh.token, float(fresh.expires_on))
+        return str(fresh.token)
 
     def close(self) -> None:
         """Close msal's HTTP connections."""

@@ -285,7 +285,7 @@ def notification_card(item: Mapping[str, Any]) -> dict[str, Any]:
     ]
     actions: list[dict[str, Any]] = []
     if topic == "approval.requested" and data.get("approval_id"):
-        actions.append(_ask("Show what is pending", "what is pending my approval?"))
+        actions.append(_ask("Show what is waiting for me", "/pending"))
     if topic in ("rollout.paused", "gate.failed") and data.get("rollout_id"):
         actions.append(_ask("Show the rollout", f"how is rollout {data['rollout_id']} doing?"))
     return _card(body, actions)

@@ -365,7 +365,7 @@ def _add_teams(app: web.Application, gateway: Gateway) -> None:
         gateway.store.directory,
         creds,
         tenants=conf.tenants(),
-        max_concurrent_turns=conf.max_concurrent_turns,
+        max_concurrent_turns=gateway.settings.turn_concurrency,
         send_attempts=conf.send_attempts,
     )
     teams.install(app)

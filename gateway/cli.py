@@ -5,8 +5,8 @@
 ``mcp`` serves its tools to MCP clients over stdio or streamable HTTP;
 ``ask``, ``chat``, ``confirm``, ``deny`` and ``notifications`` talk to a running gateway over
 HTTP; ``policy explain``, ``audit verify|export`` and ``sessions purge`` work on the local
-configuration and store; ``config check`` validates the configuration; ``controlplane`` runs
-the reference control plane on its own.
+configuration and store; ``config check`` validates the configuration; ``teams manifest`` writes
+the Teams app package; ``controlplane`` runs the reference control plane on its own.
 """
 
 from __future__ import annotations
@@ -124,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     _local_args(purge)
     purge.add_argument("--older-than", required=True, help="such as 30d, 12h or 90m")
 
+    teams = sub.add_parser("teams", help="the Microsoft Teams app")
+    teams_sub = teams.add_subparsers(dest="teams_command", required=True)
+    package = teams_sub.add_parser("manifest", help="write the Teams app package (zip) to upload")
+    _local_args(package)
+    package.add_argument(
+        "--endpoint",
+        required=True,
+        help="the bot's messaging endpoint, such as https://bot.example.com/api/messages",
+    )
+    package.add_argument("--out", type=Path, default=Path("goodbot-teams.zip"), help="zip path")
+    package.add_argument("--app-version", default="1.0.0", help="package version (semver)")
+    package.add_argument("--teams-app-id", help="the Teams app's id (GUID; the bot id if unset)")
+    package.add_argument("--developer", default="goodbot", help="publisher name (≤ 32)")
+    package.add_argument("--website-url", help="publisher page (https)")
+    package.add_argument("--privacy-url", help="privacy statement (https)")
+    package.add_argument("--terms-url", help="terms of use (https)")
+
     controlplane_cli.add_arguments(
         sub.add_parser("controlplane", help="the reference endpoint-management control plane")
     )
@@ -165,6 +182,33 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     if server:
         updates["server"] = settings.server.model_copy(update=server)
     return settings.model_copy(update=updates) if updates else settings
+
+
+def teams_manifest(settings: GatewaySettings, args: argparse.Namespace) -> int:
+    """``goodbot teams manifest``: write the app package for the configured bot."""
+    from gateway.teams_manifest import AppInfo, ManifestError, host_of, write_package
+
+    if not settings.teams.app_id:
+        print("config error: teams.app_id: the bot's Microsoft App ID is required", file=sys.stderr)
+        return 2
+    info = AppInfo(
+        bot_id=settings.teams.app_id,
+        domain=host_of(args.endpoint),
+        app_id=args.teams_app_id,
+        version=args.app_version,
+        developer=args.developer,
+        website_url=args.website_url,
+        privacy_url=args.privacy_url,
+        terms_url=args.terms_url,
+        sso=settings.teams.sso_connection is not None,
+    )
+    try:
+        path = write_package(args.out, info)
+    except ManifestError as exc:
+        print(f"goodbot: the manifest would be invalid: {exc.where}: {exc.reason}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (manifest {info.version} for bot {info.bot_id}); upload it in Teams")
+    return 0
 
 
 def parse_age(text: str) -> timedelta:
@@ -225,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.stdio:
                 return asyncio.run(mcp_serve.serve_stdio(settings, args.as_principal))
             return asyncio.run(mcp_serve.serve_http(settings, args.host, args.port))
+        if args.command == "teams":
+            return teams_manifest(settings, args)
         from gateway import admin
 
         if args.command == "migrate":

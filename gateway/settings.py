@@ -195,8 +195,6 @@ class TeamsSettings(Section):
     """Entra's root for outbound tokens (msal requires https); a loopback IdP in tests."""
     ca_file: Path | None = None
     """A CA bundle trusted for the token endpoint instead of the system's (tests, local)."""
-    max_concurrent_turns: int = Field(default=64, ge=1, le=10_000)
-    """Turns running at once in the background; further admitted ones wait their turn."""
     send_attempts: int = Field(default=4, ge=1, le=10)
     """Tries per outbound message when the connector answers 429 or 5xx."""
     sso_connection: str | None = None

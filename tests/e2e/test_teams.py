@@ -196,7 +196,7 @@ async def test_a_slow_turn_shows_typing(
         uses_history = False
 
         async def next_step(self, request: StepRequest) -> RouteResult:
-            await asyncio.sleep(0.8)
+            await asyncio.sleep(1.5)  # longer than the typing indicator's first delay
             return RouteResult(Reply("thought about it"))
 
         async def close(self) -> None:
