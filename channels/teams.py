@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import re
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
-import aiohttp
 from aiohttp import web
 from microsoft_agents.activity import (
     Activity,
@@ -47,6 +44,8 @@ from microsoft_agents.activity import (
     AdaptiveCardInvokeResponse,
     AdaptiveCardInvokeValue,
     ConversationReference,
+    InvokeResponse,
+    SignInConstants,
 )
 from microsoft_agents.hosting.aiohttp import CloudAdapter, jwt_authorization_decorator
 from microsoft_agents.hosting.core import ActivityHandler, TurnContext, TypingIndicator
@@ -54,10 +53,12 @@ from microsoft_agents.hosting.core.app.typing_indicator import TypingOptions
 
 from channels.base import Admission, DecisionReport, InboundMessage, RefusedError, Turns
 from channels.teams_auth import (
+    CHANNEL,
     Credentials,
     IngressRefusal,
     check_activity,
     connection_manager,
+    identity_of,
     precheck,
     tenant_of,
 )
@@ -65,7 +66,6 @@ from channels.teams_cards import (
     ASK,
     CONFIRM,
     DENY,
-    attachment,
     confirmation_card,
     final_card,
     final_line,
@@ -73,15 +73,18 @@ from channels.teams_cards import (
     split_message,
     teams_markdown,
 )
+from channels.teams_egress import Egress, card_message
+from channels.teams_egress import message as text_message
+from channels.teams_sso import COMMAND as SIGN_IN_COMMAND
+from channels.teams_sso import SignIn, SingleSignOn
 
 log = logging.getLogger(__name__)
 
-CHANNEL: Final = "teams"
 ROUTE: Final = "/api/messages"
+BOT_SERVICE: Final = "https://api.botframework.com"
+"""The Bot Framework token service (sign-in links and codes of the OAuth connections)."""
 SDK_CONFIG_KEY: Final = "agent_configuration"
 """The app key the SDK's JWT decorator reads its configuration from (a plain string)."""
-TRANSIENT: Final = frozenset({429, 500, 502, 503, 504})
-"""Connector answers worth another try; any other error is final."""
 DECIDE_BUDGET: Final = 4.0
 """Seconds an invoke waits for a decision (and its execution) before answering 'running'."""
 _SAVED_CAP: Final = 10_000
@@ -103,28 +106,6 @@ class References(Protocol):
         ...
 
 
-def _message(text: str) -> Activity:
-    return Activity(type=ActivityTypes.message, text=text, text_format="markdown")
-
-
-def _card_message(card: Mapping[str, Any], summary: str = "") -> Activity:
-    activity = Activity(type=ActivityTypes.message, attachments=[attachment(card)])
-    if summary:
-        activity.summary = summary[:200]
-    return activity
-
-
-def _retry_after(exc: aiohttp.ClientResponseError) -> float | None:
-    value = exc.headers.get("Retry-After") if exc.headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds()) if when else None
-
-
 class TeamsChannel:
     """The Teams channel's route over a ``Turns`` implementation; also the Teams deliverer."""
 
@@ -142,6 +123,8 @@ class TeamsChannel:
         send_attempts: int = 4,
         retry_base_seconds: float = 0.5,
         typing_interval_seconds: float = 3.0,
+        sso: tuple[str, SignIn] | None = None,
+        token_service_url: str = BOT_SERVICE,
     ) -> None:
         """Wire the SDK adapter and the bot's credentials.
 
@@ -155,24 +138,34 @@ class TeamsChannel:
             send_attempts: Tries per outbound activity on 429 and transient errors.
             retry_base_seconds: First back-off when the connector gives no ``Retry-After``.
             typing_interval_seconds: How often the typing indicator is repeated.
+            sso: Single sign-on: the Azure Bot's OAuth connection name and where a person's
+                token is exchanged on their behalf (the Graph client); None turns it off.
+            token_service_url: The Bot Framework token service behind that connection.
         """
         self.turns = turns
         self.references = references
         self.creds = creds
         self.tenants = tenants
-        self.send_attempts = send_attempts
-        self.retry_base_seconds = retry_base_seconds
         self.typing = TypingOptions(
             initial_delay_ms=1000, interval_ms=int(typing_interval_seconds * 1000)
         )
         self.manager, self.auth = connection_manager(creds)
         self.sdk_config = self.manager.get_default_connection_configuration()
         self.issuers = frozenset(i.lower() for i in self.sdk_config.ISSUERS)
-        self.adapter = CloudAdapter(connection_manager=self.manager)
+        self.adapter = CloudAdapter(
+            connection_manager=self.manager,
+            channel_service_client_factory_options={"token_service_endpoint": token_service_url},
+        )
         # The SDK's default handler sends the exception's text to the user; errors are
         # handled (and logged) by the agent, and a proactive send must raise to its caller.
         self.adapter.on_turn_error = None
+        self.egress = Egress(
+            self.adapter, creds.app_id, attempts=send_attempts, base_seconds=retry_base_seconds
+        )
         self.agent = _Agent(self)
+        self.sso = (
+            SingleSignOn(self.turns, self.egress, sso[0], sso[1], self._spawn) if sso else None
+        )
         self.tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrent_turns)
         self._saved: dict[str, str] = {}
@@ -287,6 +280,11 @@ class TeamsChannel:
         text = _MENTION_TAG.sub("", text).replace("&nbsp;", " ").strip()
         if not text:
             return
+        if self.sso is not None and kind == "personal" and text.lower() == SIGN_IN_COMMAND:
+            principal = self.sso.principal(activity)
+            if principal is not None:  # an unknown sender is refused by admission below
+                self.sso.offer(activity, principal)
+                return
         owner = (activity.from_property.name if activity.from_property else None) or "you"
         event_id = activity.id or f"{conversation.id if conversation else ''}:{uuid.uuid4().hex}"
         await self.admit(activity, text, event_id, owner)
@@ -331,9 +329,7 @@ class TeamsChannel:
     @staticmethod
     def identity(tenant: str, activity: Activity) -> str:
         """``<tenant id>:<Entra object id>`` of the sender ('' when Teams sent no object id)."""
-        sender = activity.from_property
-        oid = sender.aad_object_id if sender is not None else None
-        return f"{tenant}:{oid.lower()}" if oid else ""
+        return identity_of(tenant, activity)
 
     async def remember(self, activity: Activity, tenant: str, identity: str) -> None:
         """Save the conversation reference on first contact (and when its service URL moves);
@@ -371,7 +367,9 @@ class TeamsChannel:
         except RefusedError as exc:
             log.info("refused a Teams message", extra={"code": exc.code})
             self._spawn(
-                self._say(reference, [_message(f"Sorry, I can't take that: {exc.message}.")])
+                self.egress.say(
+                    reference, [text_message(f"Sorry, I can't take that: {exc.message}.")]
+                )
             )
             return
         if admission.duplicate:
@@ -390,10 +388,10 @@ class TeamsChannel:
                 async with TypingIndicator(ctx, typing_options=self.typing):
                     activities = await asyncio.shield(turn)
                 for activity in activities:
-                    await self._send(ctx, activity)
+                    await self.egress.send(ctx, activity)
 
             try:
-                await self._converse(reference, reply)
+                await self.egress.converse(reference, reply)
             except Exception:
                 log.exception("a Teams reply was not delivered", extra={"id": admission.message_id})
             finally:
@@ -402,7 +400,7 @@ class TeamsChannel:
     async def _turn(self, admission: Admission, owner: str) -> list[Activity]:
         """The turn's reply as Teams activities (it never raises: the outermost layer)."""
         out: list[Activity] = [
-            _card_message(notification_card(note), str(note.get("text") or ""))
+            card_message(notification_card(note), str(note.get("text") or ""))
             for note in admission.notifications
         ]
 
@@ -413,61 +411,18 @@ class TeamsChannel:
         try:
             report = await self.turns.run(admission, emit)
         except RefusedError as exc:
-            return [*out, _message(f"Sorry, I can't do that: {exc.message}.")]
+            return [*out, text_message(f"Sorry, I can't do that: {exc.message}.")]
         except Exception:
             log.exception("a Teams turn failed", extra={"message_id": admission.message_id})
-            return [*out, _message("Sorry, something went wrong; the operators have the log.")]
-        out += [_message(part) for part in split_message(teams_markdown(report.reply))]
+            return [*out, text_message("Sorry, something went wrong; the operators have the log.")]
+        out += [text_message(part) for part in split_message(teams_markdown(report.reply))]
         confirmation = report.confirmation
         if confirmation is not None and confirmation.get("state") == "pending":
             card = confirmation_card(
                 confirmation, owner=owner, conversation=admission.message.conversation_key
             )
-            out.append(_card_message(card, str(confirmation.get("summary") or "")))
+            out.append(card_message(card, str(confirmation.get("summary") or "")))
         return out
-
-    # Egress.
-
-    async def _converse(
-        self, reference: ConversationReference, callback: Callable[[TurnContext], Awaitable[None]]
-    ) -> None:
-        """Run ``callback`` in a proactive turn of the conversation (connector, token)."""
-        continuation = reference.get_continuation_activity()
-        # The SDK gives the continuation a fresh id, and every send would then be a reply to
-        # that unknown activity; a reply goes to the message it answers, or to the chat.
-        continuation.id = reference.activity_id
-        await self.adapter.continue_conversation(self.creds.app_id, continuation, callback)
-
-    async def _say(self, reference: ConversationReference, activities: Sequence[Activity]) -> None:
-        async def send(ctx: TurnContext) -> None:
-            for activity in activities:
-                await self._send(ctx, activity)
-
-        try:
-            await self._converse(reference, send)
-        except Exception:
-            log.exception("a Teams message was not delivered")
-
-    async def _send(self, ctx: TurnContext, activity: Activity) -> None:
-        await self._retrying(lambda: ctx.send_activity(activity))
-
-    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """``call`` again on 429 and transient errors, honouring ``Retry-After``; else raise."""
-        for attempt in range(1, self.send_attempts + 1):
-            try:
-                return await call()
-            except aiohttp.ClientResponseError as exc:
-                if exc.status not in TRANSIENT or attempt == self.send_attempts:
-                    raise
-                delay = _retry_after(exc)
-            except (aiohttp.ClientConnectionError, TimeoutError):
-                if attempt == self.send_attempts:
-                    raise
-                delay = None
-            wait = delay if delay is not None else self.retry_base_seconds * 2 ** (attempt - 1)
-            log.info("Teams connector busy; retrying", extra={"attempt": attempt, "wait": wait})
-            await asyncio.sleep(min(wait, 30.0))
-        raise AssertionError("unreachable")
 
     # Confirmations.
 
@@ -540,7 +495,7 @@ class TeamsChannel:
         if report.outcome in ("confirmed", "denied", "expired"):
             card = final_card(current, owner=owner, line=line)
             if card_id:
-                self._spawn(self._update(reference, card_id, card))
+                self._spawn(self.egress.update(reference, card_id, card))
             return _card_response(card)
         # A second click or a stale card: show where it stands, to the clicker only.
         note = f"Nothing changed: {report.reason}."
@@ -565,22 +520,9 @@ class TeamsChannel:
         line = final_line(str(current.get("state")), report.result, clicker) if current else None
         if current is not None and line is not None and card_id:
             owner = str(data.get("owner") or "the person who asked")
-            await self._update(reference, card_id, final_card(current, owner=owner, line=line))
-
-    async def _update(
-        self, reference: ConversationReference, card_id: str, card: Mapping[str, Any]
-    ) -> None:
-        """Replace the card message for everyone in the conversation."""
-
-        async def update(ctx: TurnContext) -> None:
-            activity = _card_message(card)
-            activity.id = card_id
-            await self._retrying(lambda: ctx.update_activity(activity))
-
-        try:
-            await self._converse(reference, update)
-        except Exception:
-            log.exception("a Teams card was not updated", extra={"activity": card_id})
+            await self.egress.update(
+                reference, card_id, final_card(current, owner=owner, line=line)
+            )
 
     # Notifications (``gateway.delivery.Deliverer``).
 
@@ -606,10 +548,10 @@ class TeamsChannel:
         async def send(ctx: TurnContext) -> None:
             for item in items:
                 card = notification_card(item)
-                await self._send(ctx, _card_message(card, str(item.get("text") or "")))
+                await self.egress.send(ctx, card_message(card, str(item.get("text") or "")))
 
         for reference in references:
-            await self._converse(reference, send)
+            await self.egress.converse(reference, send)
         log.info("notifications sent", extra={"principal": principal, "count": len(items)})
 
 
@@ -646,6 +588,16 @@ class _Agent(ActivityHandler):
             # The outermost layer of an invoke (a malformed one the SDK cannot even answer):
             # logged; with no invoke response set, the request is answered 400.
             log.exception("a Teams invoke failed", extra={"invoke": turn_context.activity.name})
+
+    async def on_invoke_activity(self, turn_context: Any) -> InvokeResponse | None:
+        sso = self.channel.sso
+        name = turn_context.activity.name
+        if sso is not None and name == SignInConstants.token_exchange_operation_name:
+            return await sso.exchange(turn_context)
+        if sso is not None and name == SignInConstants.verify_state_operation_name:
+            return await sso.verify(turn_context)
+        response: InvokeResponse | None = await super().on_invoke_activity(turn_context)
+        return response
 
     async def on_adaptive_card_invoke(
         self, turn_context: Any, invoke_value: AdaptiveCardInvokeValue

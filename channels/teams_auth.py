@@ -46,6 +46,8 @@ from yarl import URL
 
 log = logging.getLogger(__name__)
 
+CHANNEL: Final = "teams"
+"""The channel's name in the policy file and the store."""
 SERVICE_CONNECTION: Final = "SERVICE_CONNECTION"
 """The SDK's name for the connection it uses for the bot's own tokens."""
 TOKEN_MARGIN: Final = 300.0
@@ -138,6 +140,13 @@ def tenant_of(activity: Activity) -> str | None:
     if conversation is not None and conversation.tenant_id:
         found.add(conversation.tenant_id.lower())
     return found.pop() if len(found) == 1 else None
+
+
+def identity_of(tenant: str, activity: Activity) -> str:
+    """``<tenant id>:<Entra object id>`` of the sender ('' when Teams sent no object id)."""
+    sender = activity.from_property
+    oid = sender.aad_object_id if sender is not None else None
+    return f"{tenant}:{oid.lower()}" if oid else ""
 
 
 def check_activity(claims: ClaimsIdentity, activity: Activity, tenants: frozenset[str]) -> str:

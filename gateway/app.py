@@ -367,11 +367,24 @@ def _add_teams(app: web.Application, gateway: Gateway) -> None:
         tenants=conf.tenants(),
         max_concurrent_turns=gateway.settings.turn_concurrency,
         send_attempts=conf.send_attempts,
+        sso=_teams_sso(gateway),
+        token_service_url=conf.token_service_url,
     )
     teams.install(app)
     gateway.teams = teams
     if gateway.delivery is not None:
         gateway.delivery.register(teams)
+
+
+def _teams_sso(gateway: Gateway) -> tuple[str, GraphClient] | None:
+    """Teams single sign-on: the OAuth connection and the Graph client that exchanges tokens."""
+    connection = gateway.settings.teams.sso_connection
+    if connection is None:
+        return None
+    if gateway.turns.graph is None:
+        log.warning("teams.sso_connection is set but Graph is not configured: no sign-on")
+        return None
+    return connection, gateway.turns.graph
 
 
 async def healthz(_: web.Request) -> web.Response:

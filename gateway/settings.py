@@ -198,10 +198,14 @@ class TeamsSettings(Section):
     send_attempts: int = Field(default=4, ge=1, le=10)
     """Tries per outbound message when the connector answers 429 or 5xx."""
     sso_connection: str | None = None
-    """The Azure Bot resource's OAuth connection name for single sign-on (the sign-in card
-    falls back to it); None turns SSO off."""
-    sso_scopes: list[str] = ["https://graph.microsoft.com/Calendars.ReadWrite"]
-    """Delegated Microsoft Graph scopes asked for on the user's behalf (on-behalf-of)."""
+    """The Azure Bot resource's OAuth connection for single sign-on; with Graph configured
+    (the same app registration), a person's Teams token is exchanged on their behalf for a
+    delegated Graph token. None turns single sign-on off."""
+    token_service_url: str = Field(
+        default="https://api.botframework.com", pattern=r"^https?://[^\s/]+(/.*)?$"
+    )
+    """The Bot Framework token service behind the OAuth connection (sign-in links, magic
+    codes); tests point it at a loopback emulator."""
 
     @property
     def enabled(self) -> bool:
@@ -550,9 +554,10 @@ def describe(settings: GatewaySettings) -> list[str]:
     teams = settings.teams
     if teams.enabled:
         secret = "set" if teams.secret() else "NOT SET (serve needs --teams-development)"
+        sso = f", single sign-on via {teams.sso_connection}" if teams.sso_connection else ""
         lines.append(
             f"teams: app {teams.app_id}, tenants {', '.join(sorted(teams.tenants()))}, "
-            f"client secret {secret}"
+            f"client secret {secret}{sso}"
         )
     else:
         lines.append("teams: off (no app_id)")

@@ -69,9 +69,12 @@ class AppInfo:
     """Declare single sign-on (``webApplicationInfo``) for the bot's app registration."""
 
 
-def commands() -> list[dict[str, str]]:
-    """The gateway's slash commands as a bot command list (title ≤ 32, description ≤ 128)."""
+def commands(*, sso: bool = False) -> list[dict[str, str]]:
+    """The gateway's slash commands as a bot command list (title ≤ 32, description ≤ 128);
+    with single sign-on, ``/signin`` first."""
     out = []
+    if sso:
+        out.append({"title": "/signin", "description": "sign in so goodbot can use your calendar"})
     for usage, what in COMMANDS:
         title = usage.split(" ", 1)[0]
         description = f"{usage}: {what}" if " " in usage else what
@@ -114,7 +117,9 @@ def manifest(info: AppInfo) -> dict[str, Any]:
                 "scopes": list(SCOPES),
                 "supportsFiles": False,
                 "isNotificationOnly": False,
-                "commandLists": [{"scopes": [scope], "commands": commands()} for scope in SCOPES],
+                "commandLists": [
+                    {"scopes": [scope], "commands": commands(sso=info.sso)} for scope in SCOPES
+                ],
             }
         ],
         "permissions": ["identity", "messageTeamMembers"],

@@ -9,6 +9,7 @@ It plays three parts, each a real server:
   outbound tokens (client credentials) and on-behalf-of exchanges.
 * **Connector** (HTTP, the ``serviceUrl``): records every activity goodbot sends, replies,
   updates (``PUT``), and can answer the next requests with 429 or 503 to exercise retries.
+  The same server is the Bot Framework token service (sign-in resources, sign-in codes).
 
 ``sign`` issues Bot Framework channel tokens (``iss`` https://api.botframework.com, ``aud``
 the app id, ``serviceurl``), with any claim or header overridden to forge one; ``message`` and
@@ -78,6 +79,11 @@ class BotConnector:
     tokens_issued: int = 0
     obo_requests: list[dict[str, str]] = field(default_factory=list)
     obo_fails: bool = False
+    user_tokens: dict[str, str] = field(default_factory=dict)
+    """Tokens the token service already holds, by the user's channel id (``29:…``)."""
+    magic_codes: dict[str, str] = field(default_factory=dict)
+    """Sign-in codes the token service redeems, and the token each gives."""
+    token_service_calls: list[str] = field(default_factory=list)
     failures: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     """Answers for the next connector requests, each (status, headers), before normal ones."""
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -272,6 +278,47 @@ class BotConnector:
             {"access_token": f"bf-{uuid.uuid4().hex}", "token_type": "Bearer", "expires_in": 3600}
         )
 
+    async def _sign_in_resource(self, request: web.Request) -> web.Response:
+        self.token_service_calls.append("GetTokenOrSignInResource")
+        assert request.query["connectionName"] and request.query["state"]
+        held = self.user_tokens.get(request.query["userId"])
+        if held is not None:
+            return web.json_response(
+                {
+                    "tokenResponse": {
+                        "connectionName": request.query["connectionName"],
+                        "token": held,
+                    }
+                }
+            )
+        return web.json_response(
+            {
+                "signInResource": {
+                    "signInLink": f"{self.service_url}signin?state={request.query['state'][:16]}",
+                    "tokenExchangeResource": {
+                        "id": str(uuid.uuid4()),
+                        "uri": f"api://bot.example.com/botid-{APP_ID}",
+                        "providerId": "aad-v2",
+                    },
+                }
+            }
+        )
+
+    async def _user_token(self, request: web.Request) -> web.Response:
+        self.token_service_calls.append("GetToken")
+        token = self.magic_codes.get(request.query.get("code", ""))
+        if token is None:
+            return web.json_response({"error": "not found"}, status=404)
+        connection = request.query["connectionName"]
+        return web.json_response({"connectionName": connection, "token": token})
+
+    def sign_in_invoke(self, name: str, value: dict[str, Any], **who: Any) -> dict[str, Any]:
+        """A ``signin/…`` invoke from a person (``user``, ``name`` as in ``message``)."""
+        activity = self.message("", **who)
+        activity.update({"type": "invoke", "name": name, "value": value})
+        activity.pop("text", None)
+        return activity
+
     async def _activity(self, request: web.Request) -> web.Response:
         raw = await request.text()
         self.received.append(
@@ -304,6 +351,8 @@ async def bot_connector(directory: Path) -> AsyncIterator[BotConnector]:
 
     plain = web.Application()
     plain.router.add_get("/keys", fake._keys)
+    plain.router.add_get("/api/usertoken/GetTokenOrSignInResource", fake._sign_in_resource)
+    plain.router.add_get("/api/usertoken/GetToken", fake._user_token)
     plain.router.add_route("*", "/v3/conversations/{conversation}/activities", fake._activity)
     plain.router.add_route(
         "*", "/v3/conversations/{conversation}/activities/{activity}", fake._activity

@@ -75,6 +75,8 @@ def test_sso_declares_the_web_application_and_the_token_domain() -> None:
         "resource": f"api://bot.example.com/botid-{BOT.lower()}",
     }
     assert "token.botframework.com" in document["validDomains"]
+    titles = [c["title"] for c in document["bots"][0]["commandLists"][0]["commands"]]
+    assert titles[0] == "/signin" and len(titles) <= 10
 
 
 @pytest.mark.parametrize(
