@@ -252,41 +252,60 @@ class TeamsChannel:
         if activity.type == ActivityTypes.message:
             # Nothing is sent within a message's turn (the reply goes out proactively), so the
             # SDK's adapter, which opens a connector and a token client for every activity,
-            # is not needed to admit one: the acknowledgement stays cheap. An admission that
-            # fails (the store down) is a 500, and Teams delivers the activity again.
-            await self.message(activity)
+            # is not needed to admit one: the acknowledgement stays cheap.
+            try:
+                incoming = self.incoming(activity)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                # Signed, but not a message goodbot can read (entities, mentions): the request's
+                # fault. An admission that fails (the store down) is a 500, and Teams retries.
+                log.info("an unreadable Teams message", exc_info=True)
+                return web.json_response({"error": "the message cannot be read"}, status=400)
+            if incoming is not None:
+                await self.message(activity, *incoming)
             return web.Response(status=202)
         if activity.type in _CONVERSATIONAL:
             await self.first_contact(activity)
             return web.Response(status=202)
         # Invokes are answered within the request (an updated card): the SDK's turn.
-        response = await self.adapter.process(request, self.agent)
+        try:
+            response = await self.adapter.process(request, self.agent)
+        except Exception:
+            # The outermost layer of an invoke: what raises here is the SDK refusing an
+            # activity it cannot take (the agent answers its own failures within the invoke).
+            log.exception("a Teams invoke could not be processed", extra={"invoke": activity.name})
+            return web.json_response({"error": "the invoke cannot be processed"}, status=400)
         if response is not None and response.status == 501:
             # The SDK's answer to an invoke nothing handles (no or another name, a value that is
             # no card action): the request's fault, not the server's (found by fuzzing).
             return web.json_response({"error": "unsupported invoke"}, status=400)
         return response if response is not None else web.Response(status=202)
 
-    async def message(self, activity: Activity) -> None:
-        """A verified message: admitted, unless it is a group message not addressed to us."""
+    def incoming(self, activity: Activity) -> tuple[str, str, str] | None:
+        """A message's text (mention stripped), sender name and event id; None when it is not
+        for goodbot (a group message that does not mention it, or no text)."""
         conversation = activity.conversation
         kind = (conversation.conversation_type if conversation else None) or "personal"
         text = activity.text or ""
         if kind != "personal":
             # In group chats and channels goodbot answers only when mentioned.
             if not activity.is_recipient_mentioned():
-                return
+                return None
             text = activity.remove_recipient_mention()
         text = _MENTION_TAG.sub("", text).replace("&nbsp;", " ").strip()
         if not text:
-            return
-        if self.sso is not None and kind == "personal" and text.lower() == SIGN_IN_COMMAND:
+            return None
+        owner = (activity.from_property.name if activity.from_property else None) or "you"
+        event_id = activity.id or f"{conversation.id if conversation else ''}:{uuid.uuid4().hex}"
+        return text, owner, event_id
+
+    async def message(self, activity: Activity, text: str, owner: str, event_id: str) -> None:
+        """A message for goodbot: ``/signin`` (single sign-on), or admitted as a turn."""
+        personal = (activity.conversation.conversation_type or "personal") == "personal"
+        if self.sso is not None and personal and text.lower() == SIGN_IN_COMMAND:
             principal = self.sso.principal(activity)
             if principal is not None:  # an unknown sender is refused by admission below
                 self.sso.offer(activity, principal)
                 return
-        owner = (activity.from_property.name if activity.from_property else None) or "you"
-        event_id = activity.id or f"{conversation.id if conversation else ''}:{uuid.uuid4().hex}"
         await self.admit(activity, text, event_id, owner)
 
     async def first_contact(self, activity: Activity) -> None:
