@@ -35,6 +35,7 @@ CARD_TEXT_CAP: Final = 2_000
 _HEADING: Final = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
 _TABLE_RULE: Final = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 _FENCE: Final = re.compile(r"^\s*(```|~~~)")
+_ROLLOUT_COMMAND: Final = re.compile(r"(/rollout [^()\n]+?)\s*\(")
 
 
 def _units(text: str) -> int:
@@ -270,24 +271,21 @@ def final_card(
 def notification_card(item: Mapping[str, Any]) -> dict[str, Any]:
     """A notification from the outbox as a card, with the actions its topic offers."""
     topic = str(item.get("topic") or "")
-    data = item.get("data") if isinstance(item.get("data"), Mapping) else {}
-    assert isinstance(data, Mapping)
+    text = str(item.get("text") or "")
     titles = {
         "approval.requested": "CAB approval waiting for you",
         "exception.requested": "Risk exception waiting for your review",
         "rollout.paused": "Rollout paused",
-        "gate.failed": "Gate failed",
         "exception.expiring": "Risk exception expiring",
     }
-    body = [
-        _text(titles.get(topic, "goodbot"), weight="Bolder", size="Medium"),
-        _text(str(item.get("text") or "")),
-    ]
+    body = [_text(titles.get(topic, "goodbot"), weight="Bolder", size="Medium"), _text(text)]
     actions: list[dict[str, Any]] = []
-    if topic == "approval.requested" and data.get("approval_id"):
+    if topic in ("approval.requested", "exception.requested"):
         actions.append(_ask("Show what is waiting for me", "/pending"))
-    if topic in ("rollout.paused", "gate.failed") and data.get("rollout_id"):
-        actions.append(_ask("Show the rollout", f"how is rollout {data['rollout_id']} doing?"))
+    # The poller names the rollout's slash command in the text ("Details: /rollout APP VER").
+    rollout = _ROLLOUT_COMMAND.search(text)
+    if topic == "rollout.paused" and rollout:
+        actions.append(_ask("Show the rollout", rollout.group(1)))
     return _card(body, actions)
 
 

@@ -275,3 +275,13 @@ def test_notification_cards_offer_the_topic_s_actions() -> None:
     assert action["type"] == "Action.Execute" and action["data"]["text"]
     plain = notification_card({"topic": "exception.expiring", "text": "x", "data": {}})
     assert "actions" not in plain
+    paused = notification_card(
+        {
+            "topic": "rollout.paused",
+            "text": "Rollout of firefox 132.0.0 paused in canary: install success 90 % "
+            "(needs 98 %). Details: /rollout firefox 132.0.0 (ro_1)",
+            "data": {"rollout_id": "ro_1"},
+        }
+    )
+    (show,) = paused["actions"]
+    assert show["data"]["text"] == "/rollout firefox 132.0.0"

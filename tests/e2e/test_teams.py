@@ -468,3 +468,26 @@ async def test_teams_is_not_served_without_an_app_id(
     async with running_gateway(tmp_path / "gw", cp.url, cp.gateway_token) as plain:
         status, _ = await plain.get("/api/messages")
         assert status == 404
+
+
+async def test_a_notification_card_action_asks_goodbot_as_the_clicker(
+    gw: GatewayUnderTest, connector: BotConnector
+) -> None:
+    assert (await connector.post(gw.http, gw.url, connector.message("hello")))[0] == 202
+    await until(connector.texts)
+    connector.received.clear()
+    item = {
+        "id": "ntf_1",
+        "topic": "approval.requested",
+        "text": "CAB approval apr_1 is waiting for you.",
+        "data": {"approval_id": "apr_1"},
+    }
+    await gw.gateway.teams.deliver("ana", [f"{TENANT}:{ANA_OID}"], [item])
+    (card,) = connector.cards()
+    connector.received.clear()
+    click = connector.invoke(card, "goodbot.ask", card_id="msg-1")
+    status, body = await connector.post(gw.http, gw.url, click)
+    assert status == 200 and "On it" in body["value"]
+    (reply,) = await until(connector.texts)
+    assert "zoom" in reply  # ana's /pending: the CAB approvals waiting for her
+    assert await count(gw, "messages") == 4  # "hello", the click as ana's turn, two replies
