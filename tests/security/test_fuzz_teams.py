@@ -71,6 +71,10 @@ async def test_teams_activities(gw: GatewayUnderTest, connector: BotConnector) -
     nameless = {k: base[k] for k in ("serviceUrl", "conversation")} | {"type": "invoke"}
     assert await send(nameless) == 400
     assert await send({**invoke, "name": "composeExtension/query"}) == 400
+    # A card action without a recipient: the SDK cannot build the conversation reference it
+    # answers an invoke with (a later long run's 500 failed there; its activity was not kept).
+    assert await send({**invoke, "recipient": None}) == 400
+    assert await send({k: v for k, v in invoke.items() if k != "recipient"}) == 400
 
     @given(activities)
     @fuzz_settings(100)
