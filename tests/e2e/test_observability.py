@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import uuid
 
 import orjson
@@ -14,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from gateway.observability import JsonFormatter, correlation_id
 from tests.demo import DemoControlPlane
@@ -34,12 +36,27 @@ def cp_events(cp: DemoControlPlane) -> list[dict[str, object]]:
     return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 
 
+class UrandomIds(IdGenerator):
+    """Span and trace ids from ``os.urandom``. The provider set here stays for the rest of the
+    session, and the SDK's default ids come from the process-wide ``random``, which Hypothesis
+    forbids any thread to touch while it draws examples (the fuzzers run beside a server)."""
+
+    def generate_span_id(self) -> int:
+        return int.from_bytes(os.urandom(8)) or 1
+
+    def generate_trace_id(self) -> int:
+        return int.from_bytes(os.urandom(16)) or 1
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
 async def test_a_correlation_id_joins_the_audit_and_the_control_planes_events_and_metrics(
     gw: GatewayUnderTest, demo_cp: DemoControlPlane
 ) -> None:
     # Tracing as `opentelemetry-instrument` would configure it: an SDK provider, set once.
     spans = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(id_generator=UrandomIds())
     provider.add_span_processor(SimpleSpanProcessor(spans))
     trace.set_tracer_provider(provider)
     asked = "corr-" + uuid.uuid4().hex
