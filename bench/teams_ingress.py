@@ -27,7 +27,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +35,7 @@ import yaml
 
 from bench.common import LoadResult, echo_server, free_port, machine, subprocess_server
 from bench.gateway_process import CREDENTIAL_ENV, bench_policy, child_cpu_seconds, pct
+from bench.slack_channel import Send, open_loop
 from bench.teams_process import JWKS_ENV
 from tests.fakes.bot_connector import APP_ID, SECRET, TENANT, BotConnector, bot_connector
 
@@ -44,8 +44,6 @@ GATEWAY: Final = (sys.executable, "-m", "bench.teams_process")
 PEOPLE: Final = 64
 TARGET_ACK_P99_MS: Final = 50.0
 """The issue's target for the acknowledgement at 200 activities a second."""
-
-Send = Callable[[int], Awaitable[bool]]
 
 
 def oid(i: int) -> str:
@@ -94,30 +92,6 @@ def signed_post(
             return False
 
     return send
-
-
-async def open_loop(send: Send, rate: float, seconds: float) -> tuple[LoadResult, float]:
-    """``rate * seconds`` sends on a fixed schedule; latency counts from the scheduled time."""
-    count = max(1, int(rate * seconds))
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-
-    async def one(k: int) -> None:
-        nonlocal errors
-        if not await send(k):
-            errors += 1
-        latencies.append((time.perf_counter() - (start + k / rate)) * 1000)
-
-    tasks = []
-    for k in range(count):
-        wait = start + k / rate - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(one(k)))
-    async with asyncio.timeout(seconds + 120):
-        await asyncio.gather(*tasks)
-    return LoadResult(count, errors, time.perf_counter() - start, latencies), start
 
 
 async def replies(connector: BotConnector, expected: int, within: float) -> tuple[int, float]:
