@@ -35,6 +35,7 @@ import yaml
 from slack_sdk.signature import SignatureVerifier
 
 from bench.common import LoadResult, echo_server, free_port, machine, subprocess_server
+from bench.gateway_pipeline import open_loop as pipeline_open_loop
 from bench.gateway_process import CREDENTIAL_ENV, bench_policy, child_cpu_seconds, pct
 from tests.fakes.slack_api import BOT_TOKEN, TEAM, FakeSlack, fake_slack
 
@@ -110,27 +111,9 @@ def signed_post(http: aiohttp.ClientSession, url: str, tag: str) -> Send:
 
 
 async def open_loop(send: Send, rate: float, seconds: float) -> tuple[LoadResult, float]:
-    """``rate * seconds`` sends on a fixed schedule; latency counts from the scheduled time."""
-    count = max(1, int(rate * seconds))
-    latencies: list[float] = []
-    errors = 0
+    """``bench.gateway_pipeline.open_loop``, and when it started (to time the last reply from)."""
     start = time.perf_counter()
-
-    async def one(k: int) -> None:
-        nonlocal errors
-        if not await send(k):
-            errors += 1
-        latencies.append((time.perf_counter() - (start + k / rate)) * 1000)
-
-    tasks = []
-    for k in range(count):
-        wait = start + k / rate - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(one(k)))
-    async with asyncio.timeout(seconds + 120):
-        await asyncio.gather(*tasks)
-    return LoadResult(count, errors, time.perf_counter() - start, latencies), start
+    return await pipeline_open_loop(send, rate, seconds), start
 
 
 async def replies(slack: FakeSlack, expected: int, within: float) -> tuple[int, float]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Row, Table, delete, or_, select, update
+from sqlalchemy import CTE, ColumnElement, Row, Table, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sessions.canonical import to_json
@@ -160,19 +160,10 @@ async def take(
     writer and drops the clause), in a MATERIALIZED CTE: as a plain ``IN`` subquery the
     planner may re-run a locking ``LIMIT`` and hand over more than ``limit`` rows.
     """
-    oldest = (
-        select(_N.id)
-        .where(
-            _N.principal_id == principal_id,
-            _N.channel == channel,
-            _N.delivered_at.is_(None),
-            _free(now),
-        )
-        .order_by(_N.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("oldest")
-        .prefix_with("MATERIALIZED")
+    oldest = _oldest(
+        [_N.principal_id == principal_id, _N.channel == channel, _N.delivered_at.is_(None)],
+        now,
+        limit,
     )
     stmt = (
         update(TABLE)
@@ -189,6 +180,24 @@ def _free(now: datetime) -> ColumnElement[bool]:
     return or_(_N.retry_at.is_(None), _N.retry_at <= now)
 
 
+def _claimable(channel: str) -> list[ColumnElement[bool]]:
+    """Undelivered on ``channel`` with push attempts left (free or not)."""
+    return [_N.channel == channel, _N.delivered_at.is_(None), _N.attempts < PUSH_ATTEMPTS]
+
+
+def _oldest(where: list[ColumnElement[bool]], now: datetime, limit: int) -> CTE:
+    """The ids of the oldest ``limit`` free rows matching ``where``, locked (see ``take``)."""
+    return (
+        select(_N.id)
+        .where(*where, _free(now))
+        .order_by(_N.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED")
+    )
+
+
 async def claim(
     conn: AsyncConnection, channel: str, now: datetime, lease: timedelta, limit: int
 ) -> list[Notification]:
@@ -197,20 +206,7 @@ async def claim(
     Like ``take``, but the rows stay undelivered: ``retry_at`` is the lease and ``attempts``
     counts the claim. Rows claimed ``PUSH_ATTEMPTS`` times are left for ``take``.
     """
-    oldest = (
-        select(_N.id)
-        .where(
-            _N.channel == channel,
-            _N.delivered_at.is_(None),
-            _N.attempts < PUSH_ATTEMPTS,
-            _free(now),
-        )
-        .order_by(_N.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("oldest")
-        .prefix_with("MATERIALIZED")
-    )
+    oldest = _oldest(_claimable(channel), now, limit)
     stmt = (
         update(TABLE)
         .where(_N.id.in_(select(oldest.c.id)), _N.delivered_at.is_(None), _free(now))
@@ -321,16 +317,7 @@ class NotificationOutbox:
             now: The claim time; the current time if None.
         """
         moment = now or datetime.now(UTC)
-        probe = (
-            select(_N.id)
-            .where(
-                _N.channel == channel,
-                _N.delivered_at.is_(None),
-                _N.attempts < PUSH_ATTEMPTS,
-                _free(moment),
-            )
-            .limit(1)
-        )
+        probe = select(_N.id).where(*_claimable(channel), _free(moment)).limit(1)
         async with self._db.reading() as conn:
             if (await conn.execute(probe)).first() is None:
                 return []
